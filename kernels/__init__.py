@@ -1,0 +1,1 @@
+"""Numba kernels over flat arrays (numpy + numba only; no I/O, no Python objects inside)."""

@@ -1,0 +1,1 @@
+"""margin-monitor runtime: book, evaluation, engine, outputs and CLI."""

@@ -1,0 +1,623 @@
+"""Load and validate a book: one JSON file, or a folder of securities / accounts / positions
+(and optional profiles) tables in Parquet or CSV.
+
+Everything goes through pyarrow tables and one vectorised validation path, so a JSON book and a
+1M-account Parquet book are checked by the same rules. A book with any problem is rejected as a
+whole: `BookError` lists every problem (where, field, what is wrong); nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kernels import units as u
+
+from .book import Book
+
+MAX_LISTED_PER_CHECK = 50  # a check failing on 1M rows lists the first ones and counts the rest
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    where: str  # "securities.parquet row 12", "account C000001", ...
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.field}: {self.message}"
+
+
+class BookError(ValueError):
+    """The book was rejected; `.problems` lists why."""
+
+    def __init__(self, problems: list[Problem], source: str = "book"):
+        self.problems = problems
+        self.source = source
+        shown = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: rejected with {len(problems)} problem(s):\n{shown}")
+
+
+def load_book(path: str | Path) -> Book:
+    path = Path(path)
+    if not path.exists():
+        raise BookError([Problem(str(path), "-", "no such file or folder")], str(path))
+    if path.is_dir():
+        tables, names = _read_folder(path)
+    else:
+        tables, names = _read_json(path)
+    return build_book(tables, names, source=str(path.name))
+
+
+def book_from_dict(doc: dict, source: str = "book") -> Book:
+    tables, names = _tables_from_doc(doc, source)
+    return build_book(tables, names, source=source)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_json(path: Path):
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as e:
+        raise BookError([Problem(path.name, "-", f"not valid JSON: {e}")], path.name) from None
+    return _tables_from_doc(doc, path.name)
+
+
+def _as_text(v):
+    """JSON numbers or decimal strings: keep the decimal text so nothing is rounded by floats."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return v
+
+
+MONEY_FIELDS = {
+    "securities": ("price", "prev_close", "haircut"),
+    "accounts": ("cash", "accrued_interest_fees", "other_debt", "other_collateral",
+                 "withdrawable", "normal", "warning", "margin_call", "target"),
+    "positions": ("financed_cost", "fin_margin_ratio", "short_sell_amount", "short_margin_ratio"),
+    "profiles": ("withdrawable", "normal", "warning", "margin_call", "target"),
+}
+
+
+def _tables_from_doc(doc, source):
+    if not isinstance(doc, dict):
+        raise BookError([Problem(source, "-", "the book must be a JSON object")], source)
+    problems = []
+    for key in ("securities", "accounts"):
+        if not isinstance(doc.get(key), list):
+            problems.append(Problem(source, key, "missing or not a list"))
+    profiles = doc.get("profiles", {})
+    if not isinstance(profiles, dict):
+        problems.append(Problem(source, "profiles", "must be an object of name -> lines"))
+        profiles = {}
+    if problems:
+        raise BookError(problems, source)
+
+    def rows(items, table, where):
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                problems.append(Problem(f"{where} {i}", "-", "must be an object"))
+                continue
+            r = dict(item)
+            for f in MONEY_FIELDS[table]:
+                if f in r:
+                    r[f] = _as_text(r[f])
+            out.append(r)
+        return out
+
+    secs = rows(doc["securities"], "securities", "securities[]")
+    accts, poss = [], []
+    for i, a in enumerate(doc["accounts"]):
+        if not isinstance(a, dict):
+            problems.append(Problem(f"accounts[{i}]", "-", "must be an object"))
+            continue
+        a = dict(a)
+        plist = a.pop("positions", [])
+        if not isinstance(plist, list):
+            problems.append(Problem(f"accounts[{i}]", "positions", "must be a list"))
+            plist = []
+        accts.extend(rows([a], "accounts", f"accounts[{i}]"))
+        for p in rows(plist, "positions", f"accounts[{i}].positions[]"):
+            p.setdefault("account_id", a.get("account_id"))
+            poss.append(p)
+    profs = []
+    for name, lines in profiles.items():
+        if not isinstance(lines, dict):
+            problems.append(Problem(f"profiles.{name}", "-", "must be an object of lines"))
+            continue
+        profs.append({"name": name, **{k: _as_text(v) for k, v in lines.items()}})
+    if problems:
+        raise BookError(problems, source)
+    tables = {}
+    names = {}
+    for key, data in (("securities", secs), ("accounts", accts), ("positions", poss),
+                      ("profiles", profs)):
+        try:
+            tables[key] = _table_from_rows(data)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise BookError([Problem(f"{source} {key}", "-", f"inconsistent types: {e}")],
+                            source) from None
+        names[key] = f"{source} {key}"
+    return tables, names
+
+
+def _table_from_rows(data):
+    if not data:
+        return pa.table({})
+    cols = {}
+    for r in data:
+        for k in r:
+            cols.setdefault(k, None)
+    out = {}
+    for k in cols:
+        vals = [r.get(k) for r in data]
+        kinds = {type(v) for v in vals if v is not None}
+        if len(kinds) > 1:  # e.g. qty given as 100 in one row, "100" in another: keep as text
+            vals = [None if v is None else (v if isinstance(v, str) else repr(v)) for v in vals]
+        out[k] = pa.array(vals)
+    return pa.table(out)
+
+
+def _read_folder(path: Path):
+    tables, names = {}, {}
+    problems = []
+    for key in ("securities", "accounts", "positions", "profiles"):
+        found = [p for p in (path / f"{key}.parquet", path / f"{key}.csv") if p.exists()]
+        if not found:
+            if key != "profiles":
+                problems.append(Problem(str(path.name), key, f"no {key}.parquet or {key}.csv"))
+            continue
+        f = found[0]
+        try:
+            if f.suffix == ".parquet":
+                tables[key] = pq.read_table(f)
+            else:
+                tables[key] = pacsv.read_csv(
+                    f, convert_options=pacsv.ConvertOptions(
+                        column_types={c: pa.string() for c in _csv_text_columns(key)},
+                        strings_can_be_null=True))
+        except (pa.ArrowInvalid, OSError) as e:
+            problems.append(Problem(f.name, "-", f"cannot read: {e}"))
+        names[key] = f.name
+    if problems:
+        raise BookError(problems, path.name)
+    return tables, names
+
+
+def _csv_text_columns(key):
+    # read money as text so "10.20" stays exact; ids as text so "000001.SZ" keeps its zeros
+    ids = {"securities": ("symbol", "board"), "accounts": ("account_id", "profile"),
+           "positions": ("account_id", "symbol", "kind"), "profiles": ("name",)}[key]
+    return ids + MONEY_FIELDS[key]
+
+
+# ---------------------------------------------------------------- converting
+
+
+class _Checker:
+    def __init__(self, source):
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def rows(self, where_fn, idx, field, message):
+        idx = np.asarray(idx)
+        for i in idx[:MAX_LISTED_PER_CHECK]:
+            self.problems.append(Problem(where_fn(int(i)), field, message))
+        if idx.shape[0] > MAX_LISTED_PER_CHECK:
+            self.problems.append(Problem(
+                where_fn(int(idx[MAX_LISTED_PER_CHECK])), field,
+                f"{message} (and {idx.shape[0] - MAX_LISTED_PER_CHECK - 1} more rows like it)"))
+
+    def add(self, where, field, message):
+        self.problems.append(Problem(where, field, message))
+
+
+def _column(table, name):
+    return table.column(name) if name in table.column_names else None
+
+
+def _strings(table, name, n):
+    col = _column(table, name)
+    if col is None:
+        return np.full(n, None, dtype=object)
+    return np.asarray(col.cast(pa.string()).to_pylist(), dtype=object)
+
+
+def _fixed(chk, table, name, n, scale, where_fn, *, required, default=None, digits=None):
+    """Column -> int64 fixed point at `scale` (exact). Returns (values, valid mask)."""
+    col = _column(table, name)
+    vals = np.zeros(n, dtype=np.int64)
+    ok = np.ones(n, dtype=bool)
+    if col is None:
+        if required:
+            chk.add(where_fn(0) if n else "table", name, "column missing")
+            ok[:] = False
+        elif default is not None:
+            vals[:] = default
+        return vals, ok, np.ones(n, dtype=bool)
+    missing = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    t = col.type
+    digits = digits if digits is not None else len(str(scale)) - 1
+    if pa.types.is_integer(t):
+        raw = np.asarray(col.fill_null(0).to_numpy(), dtype=np.int64)
+        big = np.abs(raw) > np.iinfo(np.int64).max // scale
+        vals = np.where(big, 0, raw) * scale
+        bad = big
+    elif pa.types.is_floating(t):
+        raw = np.asarray(col.fill_null(0).to_numpy(), dtype=np.float64)
+        finite = np.isfinite(raw)
+        scaled = np.where(finite, raw, 0.0) * scale
+        rounded = np.round(scaled)
+        inexact = np.abs(scaled - rounded) > 1e-6 * np.maximum(1.0, np.abs(scaled))
+        too_big = np.abs(rounded) > 2.0**62
+        vals = np.where(finite & ~too_big, rounded, 0).astype(np.int64)
+        nonfinite = ~finite & ~missing
+        chk.rows(where_fn, np.flatnonzero(nonfinite), name, "not a finite number")
+        bad = (inexact | too_big) & finite
+    elif pa.types.is_decimal(t):
+        return _fixed_from_text(chk, np.asarray(col.cast(pa.string()).to_pylist(), dtype=object),
+                                missing, name, scale, digits, where_fn, required, default)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+        return _fixed_from_text(chk, np.asarray(col.to_pylist(), dtype=object), missing, name,
+                                scale, digits, where_fn, required, default)
+    else:
+        chk.add(where_fn(0) if n else "table", name, f"unsupported column type {t}")
+        ok[:] = False
+        return vals, ok, missing
+    chk.rows(where_fn, np.flatnonzero(bad & ~missing), name, _precision_message(digits))
+    ok &= ~(bad & ~missing)
+    if required:
+        chk.rows(where_fn, np.flatnonzero(missing), name, "missing")
+        ok &= ~missing
+    elif default is not None:
+        vals[missing] = default
+    return vals, ok, missing
+
+
+def _precision_message(digits):
+    if digits == 0:
+        return "not a whole number"
+    return f"not a number with at most {digits} decimal places"
+
+
+def _fixed_from_text(chk, texts, missing, name, scale, digits, where_fn, required, default):
+    n = texts.shape[0]
+    vals = np.zeros(n, dtype=np.int64)
+    ok = np.ones(n, dtype=bool)
+    cache: dict = {}
+    bad_fmt, bad_prec = [], []
+    q = Decimal(1) / scale
+    for i, s in enumerate(texts):
+        if s is None:
+            continue
+        r = cache.get(s)
+        if r is None:
+            try:
+                d = Decimal(str(s).strip())
+                if not d.is_finite():
+                    r = "nonfinite"
+                elif d != d.quantize(q):
+                    r = "precision"
+                elif abs(d) > Decimal(2) ** 62 / scale:
+                    r = "range"
+                else:
+                    r = int(d * scale)
+            except InvalidOperation:
+                r = "format"
+            cache[s] = r
+        if isinstance(r, int):
+            vals[i] = r
+        elif r == "precision":
+            bad_prec.append(i)
+        elif r == "nonfinite":
+            bad_fmt.append(i)
+        else:
+            bad_fmt.append(i)
+    chk.rows(where_fn, np.array(bad_fmt, dtype=np.int64), name, "not a finite number")
+    chk.rows(where_fn, np.array(bad_prec, dtype=np.int64), name, _precision_message(digits))
+    ok[bad_fmt] = False
+    ok[bad_prec] = False
+    if required:
+        chk.rows(where_fn, np.flatnonzero(missing), name, "missing")
+        ok &= ~missing
+    elif default is not None:
+        vals[missing] = default
+    return vals, ok, missing
+
+
+def _ints(chk, table, name, n, where_fn, *, required, default=0):
+    col = _column(table, name)
+    if col is None:
+        if required:
+            chk.add(where_fn(0) if n else "table", name, "column missing")
+        return np.full(n, default, dtype=np.int64), np.zeros(n, dtype=bool)
+    vals, ok, missing = _fixed(chk, table, name, n, 1, where_fn, required=required,
+                               default=default, digits=0)
+    return vals, missing
+
+
+def _bools(chk, table, name, n, where_fn):
+    col = _column(table, name)
+    if col is None:
+        return np.zeros(n, dtype=bool)
+    if pa.types.is_boolean(col.type):
+        return np.asarray(col.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    out = np.zeros(n, dtype=bool)
+    bad = []
+    for i, v in enumerate(col.cast(pa.string()).to_pylist()):
+        if v is None:
+            continue
+        s = str(v).strip().lower()
+        if s in ("true", "1", "yes"):
+            out[i] = True
+        elif s not in ("false", "0", "no", ""):
+            bad.append(i)
+    chk.rows(where_fn, np.array(bad, dtype=np.int64), name, "not a boolean")
+    return out
+
+
+def board_from_symbol(symbol: str) -> int:
+    """Board by code shape (interfaces.md): 688 STAR, 300/301 ChiNext, 8/4/92 or .BJ Beijing."""
+    code, _, market = symbol.upper().partition(".")
+    if code.startswith(("688", "689")):
+        return u.BOARD_STAR
+    if code.startswith(("300", "301")):
+        return u.BOARD_CHINEXT
+    if market == "BJ" or (market not in ("SH", "SZ") and code.startswith(("8", "4", "92"))):
+        return u.BOARD_BSE
+    return u.BOARD_MAIN
+
+
+def build_book(tables: dict[str, pa.Table], names: dict[str, str], source: str = "book") -> Book:
+    chk = _Checker(source)
+    secs = _securities(chk, tables["securities"], names["securities"])
+    profiles = _profiles(chk, tables.get("profiles"), names.get("profiles", "profiles"))
+    accts = _accounts(chk, tables["accounts"], names["accounts"], profiles)
+    pos = _positions(chk, tables.get("positions", pa.table({})), names.get("positions",
+                     "positions"), secs["index"], accts["index"])
+    if chk.problems:
+        raise BookError(chk.problems, source)
+    book = _assemble(secs, profiles, accts, pos)
+    _check_headroom(chk, book)
+    if chk.problems:
+        raise BookError(chk.problems, source)
+    return book
+
+
+def _securities(chk, t, name):
+    n = t.num_rows
+    where = lambda i: f"{name} row {i + 1}"  # noqa: E731
+    if n == 0:
+        chk.add(name, "-", "no securities")
+    symbols = _strings(t, "symbol", n)
+    index = {}
+    for i, s in enumerate(symbols):
+        if s is None or not str(s).strip():
+            chk.add(where(i), "symbol", "missing")
+        elif s in index:
+            chk.add(where(i), "symbol", f"duplicate symbol {s!r} (first at row {index[s] + 1})")
+        else:
+            index[s] = i
+    price, ok_p, _ = _fixed(chk, t, "price", n, u.PRICE_SCALE, where, required=True)
+    chk.rows(where, np.flatnonzero(ok_p & (price <= 0)), "price", "must be > 0")
+    prev, ok_pc, miss_pc = _fixed(chk, t, "prev_close", n, u.PRICE_SCALE, where, required=False)
+    prev = np.where(miss_pc, price, prev)
+    chk.rows(where, np.flatnonzero(ok_pc & ~miss_pc & (prev <= 0)), "prev_close", "must be > 0")
+    hc, ok_h, _ = _fixed(chk, t, "haircut", n, u.RATIO_SCALE, where, required=True)
+    chk.rows(where, np.flatnonzero(ok_h & ((hc < 0) | (hc > u.RATIO_SCALE))), "haircut",
+             "must be between 0 and 1")
+    boards_txt = _strings(t, "board", n)
+    board = np.zeros(n, dtype=np.int8)
+    for i in range(n):
+        b = boards_txt[i]
+        if b is None:
+            board[i] = board_from_symbol(str(symbols[i] or ""))
+        elif b in u.BOARD_CODES:
+            board[i] = u.BOARD_CODES[b]
+        else:
+            chk.add(where(i), "board", f"{b!r} is not one of {', '.join(u.BOARD_NAMES)}")
+    lot, miss_lot = _ints(chk, t, "lot", n, where, required=False)
+    lot = np.where(miss_lot | (_column(t, "lot") is None), u.BOARD_DEFAULT_LOT[board], lot)
+    chk.rows(where, np.flatnonzero(lot <= 0), "lot", "must be a positive number of shares")
+    suspended = _bools(chk, t, "suspended", n, where)
+    return {"symbols": [str(s) for s in symbols], "index": index, "price": price,
+            "prev_close": prev, "haircut": hc / u.RATIO_SCALE, "board": board,
+            "lot": lot.astype(np.int64), "suspended": suspended}
+
+
+def _profiles(chk, t, name):
+    names = ["default"]
+    lines = [list(u.DEFAULT_LINES_BP)]
+    if t is None or t.num_rows == 0:
+        return {"names": names, "lines": lines}
+    n = t.num_rows
+    where = lambda i: f"profile {_strings(t, 'name', n)[i]!r}"  # noqa: E731
+    pnames = _strings(t, "name", n)
+    cols = []
+    for j, ln in enumerate(u.LINE_NAMES):
+        v, ok, miss = _fixed(chk, t, ln, n, u.RATIO_SCALE, where, required=False)
+        cols.append(np.where(miss, u.DEFAULT_LINES_BP[j], v))
+    for i in range(n):
+        nm = pnames[i]
+        if nm is None:
+            chk.add(f"{name} row {i + 1}", "name", "missing")
+            continue
+        row = [int(c[i]) for c in cols]
+        _check_lines(chk, f"profile {nm!r}", row)
+        if nm == "default":
+            lines[0] = row
+        elif nm in names:
+            chk.add(f"profile {nm!r}", "name", "duplicate profile")
+        else:
+            names.append(nm)
+            lines.append(row)
+    return {"names": names, "lines": lines}
+
+
+def _check_lines(chk, where, row):
+    w, nrm, wa, mc, tgt = row
+    if not (w > nrm > wa > mc > 0):
+        chk.add(where, "lines", "must satisfy withdrawable > normal > warning > margin_call > 0 "
+                f"(got {w / 1e4}, {nrm / 1e4}, {wa / 1e4}, {mc / 1e4})")
+    if tgt <= u.RATIO_SCALE:
+        chk.add(where, "target", f"must be above 1.00 (got {tgt / 1e4})")
+
+
+def _accounts(chk, t, name, profiles):
+    n = t.num_rows
+    ids = _strings(t, "account_id", n)
+    where = lambda i: f"account {ids[i]!r}" if ids[i] is not None else f"{name} row {i + 1}"  # noqa: E731
+    index = {}
+    for i, a in enumerate(ids):
+        if a is None or not str(a).strip():
+            chk.add(f"{name} row {i + 1}", "account_id", "missing")
+        elif a in index:
+            chk.add(where(i), "account_id", f"duplicate account (first at row {index[a] + 1})")
+        else:
+            index[a] = i
+    cash, _, _ = _fixed(chk, t, "cash", n, u.MONEY_SCALE, where, required=True)
+    accrued, ok_i, _ = _fixed(chk, t, "accrued_interest_fees", n, u.MONEY_SCALE, where,
+                              required=False, default=0)
+    chk.rows(where, np.flatnonzero(ok_i & (accrued < 0)), "accrued_interest_fees",
+             "must be >= 0")
+    other_debt, ok_o, _ = _fixed(chk, t, "other_debt", n, u.MONEY_SCALE, where, required=False,
+                                 default=0)
+    chk.rows(where, np.flatnonzero(ok_o & (other_debt < 0)), "other_debt", "must be >= 0")
+    other_coll, ok_c, _ = _fixed(chk, t, "other_collateral", n, u.MONEY_SCALE, where,
+                                 required=False, default=0)
+    chk.rows(where, np.flatnonzero(ok_c & (other_coll < 0)), "other_collateral", "must be >= 0")
+    pnames = _strings(t, "profile", n)
+    pindex = {p: i for i, p in enumerate(profiles["names"])}
+    profile_of = np.zeros(n, dtype=np.int32)
+    overrides = []
+    for j, ln in enumerate(u.LINE_NAMES):
+        v, ok, miss = _fixed(chk, t, ln, n, u.RATIO_SCALE, where, required=False)
+        overrides.append((v, miss if _column(t, ln) is not None else np.ones(n, dtype=bool)))
+    any_override = np.zeros(n, dtype=bool)
+    for v, miss in overrides:
+        any_override |= ~miss
+    for i in range(n):
+        p = pnames[i]
+        if p is None:
+            p = "default"
+        if p not in pindex:
+            chk.add(where(i), "profile", f"unknown profile {p!r}")
+            continue
+        profile_of[i] = pindex[p]
+    # per-account line overrides: a derived profile per distinct override
+    for i in np.flatnonzero(any_override):
+        base = list(profiles["lines"][profile_of[i]])
+        for j, (v, miss) in enumerate(overrides):
+            if not miss[i]:
+                base[j] = int(v[i])
+        key = f"{profiles['names'][profile_of[i]]}+{'/'.join(str(x) for x in base)}"
+        if key not in pindex:
+            _check_lines(chk, where(i), base)
+            pindex[key] = len(profiles["names"])
+            profiles["names"].append(key)
+            profiles["lines"].append(base)
+        profile_of[i] = pindex[key]
+    return {"ids": [str(a) for a in ids], "index": index, "cash": cash, "accrued": accrued,
+            "other_debt": other_debt, "other_collateral": other_coll, "profile_of": profile_of}
+
+
+def _positions(chk, t, name, sec_index, acct_index):
+    n = t.num_rows
+    where = lambda i: f"{name} row {i + 1} (account {acct_ids[i]!r})"  # noqa: E731
+    acct_ids = _strings(t, "account_id", n)
+    symbols = _strings(t, "symbol", n)
+    kinds_txt = _strings(t, "kind", n)
+    acct = np.zeros(n, dtype=np.int64)
+    sec = np.zeros(n, dtype=np.int32)
+    kind = np.zeros(n, dtype=np.int8)
+    for i in range(n):
+        a = acct_index.get(acct_ids[i])
+        if a is None:
+            chk.add(where(i), "account_id", f"unknown account {acct_ids[i]!r}")
+        else:
+            acct[i] = a
+        s = sec_index.get(symbols[i])
+        if s is None:
+            chk.add(where(i), "symbol", f"unknown symbol {symbols[i]!r}")
+        else:
+            sec[i] = s
+        k = u.KIND_CODES.get(kinds_txt[i])
+        if k is None:
+            chk.add(where(i), "kind", f"{kinds_txt[i]!r} is not collateral, financed or short")
+        else:
+            kind[i] = k
+    qty, miss_q = _ints(chk, t, "qty", n, where, required=True)
+    chk.rows(where, np.flatnonzero(~miss_q & (qty <= 0)), "qty", "must be a positive integer")
+    fin_cost, ok_fc, miss_fc = _fixed(chk, t, "financed_cost", n, u.MONEY_SCALE, where,
+                                      required=False)
+    fin_mr, ok_fm, miss_fm = _fixed(chk, t, "fin_margin_ratio", n, u.RATIO_SCALE, where,
+                                    required=False)
+    sh_amt, ok_sa, miss_sa = _fixed(chk, t, "short_sell_amount", n, u.MONEY_SCALE, where,
+                                    required=False)
+    sh_mr, ok_sm, miss_sm = _fixed(chk, t, "short_margin_ratio", n, u.RATIO_SCALE, where,
+                                   required=False)
+    fin = kind == u.FINANCED
+    short = kind == u.SHORT
+    chk.rows(where, np.flatnonzero(fin & miss_fc), "financed_cost",
+             "missing on a financed position")
+    chk.rows(where, np.flatnonzero(fin & ~miss_fc & ok_fc & (fin_cost < 0)), "financed_cost",
+             "must be >= 0")
+    chk.rows(where, np.flatnonzero(fin & miss_fm), "fin_margin_ratio",
+             "missing on a financed position")
+    chk.rows(where, np.flatnonzero(short & miss_sa), "short_sell_amount",
+             "missing on a short position")
+    chk.rows(where, np.flatnonzero(short & ~miss_sa & ok_sa & (sh_amt < 0)), "short_sell_amount",
+             "must be >= 0")
+    chk.rows(where, np.flatnonzero(short & miss_sm), "short_margin_ratio",
+             "missing on a short position")
+    for mr, miss, ok, label, mask in ((fin_mr, miss_fm, ok_fm, "fin_margin_ratio", fin),
+                                      (sh_mr, miss_sm, ok_sm, "short_margin_ratio", short)):
+        chk.rows(where, np.flatnonzero(mask & ~miss & ok & (mr <= 0)), label, "must be > 0")
+    cost = np.where(fin, fin_cost, np.where(short, sh_amt, 0)).astype(np.int64)
+    mratio = np.where(fin, fin_mr, np.where(short, sh_mr, 0)) / u.RATIO_SCALE
+    return {"acct": acct, "sec": sec, "kind": kind, "qty": qty, "cost": cost, "mratio": mratio}
+
+
+def _assemble(secs, profiles, accts, pos):
+    n_acct = len(accts["ids"])
+    order = np.argsort(pos["acct"], kind="stable")
+    ptr = np.zeros(n_acct + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pos["acct"], minlength=n_acct), out=ptr[1:])
+    return Book(
+        symbols=secs["symbols"], price=secs["price"], prev_close=secs["prev_close"],
+        haircut=secs["haircut"].astype(np.float64), board=secs["board"], lot=secs["lot"],
+        suspended=secs["suspended"], symbol_index=secs["index"],
+        profile_names=profiles["names"],
+        profile_lines=np.array(profiles["lines"], dtype=np.int64).reshape(-1, u.N_LINES),
+        account_ids=accts["ids"], account_index=accts["index"], cash=accts["cash"],
+        accrued=accts["accrued"], other_debt=accts["other_debt"],
+        other_collateral=accts["other_collateral"], profile_of=accts["profile_of"],
+        pos_ptr=ptr, pos_sec=pos["sec"][order].astype(np.int32),
+        pos_kind=pos["kind"][order], pos_qty=pos["qty"][order].astype(np.int64),
+        pos_cost=pos["cost"][order], pos_margin_ratio=pos["mratio"][order].astype(np.float64),
+    )
+
+
+def _check_headroom(chk, book: Book):
+    """Reject accounts so large that exact tier arithmetic could overflow (see units)."""
+    acct = np.repeat(np.arange(book.n_accounts), np.diff(book.pos_ptr))
+    up = np.maximum(book.price, book.limit_prices()[1])
+    mv = book.pos_qty.astype(np.float64) * up[book.pos_sec].astype(np.float64)
+    total = np.bincount(acct, weights=mv + book.pos_cost.astype(np.float64),
+                        minlength=book.n_accounts)
+    total += np.abs(book.cash) + book.accrued + book.other_debt + book.other_collateral
+    for a in np.flatnonzero(total > u.MAX_ACCOUNT_MONEY)[:MAX_LISTED_PER_CHECK]:
+        chk.add(f"account {book.account_ids[a]!r}", "-",
+                f"amounts exceed {u.MAX_ACCOUNT_MONEY // u.MONEY_SCALE} yuan, the exact range")

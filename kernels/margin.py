@@ -7,7 +7,7 @@ exact integer amounts; it is reported, never compared against a line.
 import numba as nb
 import numpy as np
 
-from .units import COLLATERAL, FINANCED, LINE_WITHDRAWABLE, RATIO_SCALE, SHORT
+from .units import COLLATERAL, FINANCED, RATIO_SCALE, SHORT
 
 
 @nb.njit(cache=True, inline="always")
@@ -40,12 +40,15 @@ def available_margin_balance_one(a, cash, accrued, other_debt, other_collateral,
 
 
 @nb.njit(cache=True, parallel=True)
-def available_margin_balance(cash, accrued, other_debt, other_collateral, pos_ptr, pos_sec,
-                             pos_kind, pos_qty, pos_cost, pos_margin_ratio, price, haircut, out):
-    for a in nb.prange(out.shape[0]):
-        out[a] = available_margin_balance_one(a, cash, accrued, other_debt, other_collateral,
-                                              pos_ptr, pos_sec, pos_kind, pos_qty, pos_cost,
-                                              pos_margin_ratio, price, haircut)
+def available_margin_balance(accounts, cash, accrued, other_debt, other_collateral, pos_ptr,
+                             pos_sec, pos_kind, pos_qty, pos_cost, pos_margin_ratio, price,
+                             haircut, out):
+    """AMB of `accounts[i]` into `out[i]`."""
+    for i in nb.prange(accounts.shape[0]):
+        out[i] = available_margin_balance_one(accounts[i], cash, accrued, other_debt,
+                                              other_collateral, pos_ptr, pos_sec, pos_kind,
+                                              pos_qty, pos_cost, pos_margin_ratio, price,
+                                              haircut)
 
 
 @nb.njit(cache=True, inline="always")
@@ -54,10 +57,3 @@ def withdrawable_one(cash, assets, liabilities, withdrawable_bp):
     # A - w*L in money units, rounded down so the account never ends below the line
     room = (assets * RATIO_SCALE - withdrawable_bp * liabilities) // RATIO_SCALE
     return max(np.int64(0), min(cash, room))
-
-
-@nb.njit(cache=True, parallel=True)
-def withdrawable(cash, assets, liabilities, profile_of, profile_lines, out):
-    for a in nb.prange(out.shape[0]):
-        out[a] = withdrawable_one(cash[a], assets[a], liabilities[a],
-                                  profile_lines[profile_of[a], LINE_WITHDRAWABLE])

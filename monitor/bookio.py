@@ -502,11 +502,11 @@ def _accounts(chk, t, name, profiles):
     pindex = {p: i for i, p in enumerate(profiles["names"])}
     profile_of = np.zeros(n, dtype=np.int32)
     overrides = []
-    for j, ln in enumerate(u.LINE_NAMES):
-        v, ok, miss = _fixed(chk, t, ln, n, u.RATIO_SCALE, where, required=False)
+    for ln in u.LINE_NAMES:
+        v, _, miss = _fixed(chk, t, ln, n, u.RATIO_SCALE, where, required=False)
         overrides.append((v, miss if _column(t, ln) is not None else np.ones(n, dtype=bool)))
     any_override = np.zeros(n, dtype=bool)
-    for v, miss in overrides:
+    for _, miss in overrides:
         any_override |= ~miss
     for i in range(n):
         p = pnames[i]

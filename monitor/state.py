@@ -15,13 +15,12 @@ from kernels import units as u
 from kernels.liquidation import (
     DEFAULT_GROUP_RANK,
     blocked_flags,
-    liquidation_status,
     liquidation_value,
     plan_account,
 )
-from kernels.margin import available_margin_balance_one, withdrawable_one
-from kernels.ratios import sweep, tier_of
-from kernels.stress import distance_one
+from kernels.margin import available_margin_balance
+from kernels.ratios import plain_tiers, sweep, tier_of
+from kernels.stress import distances, stress_ratio
 
 from .book import Book, Holdings
 
@@ -32,6 +31,17 @@ class PlanCosts:
 
     sell: float = 0.0
     buy: float = 0.0
+
+
+def yuan_array(x: np.ndarray) -> list:
+    """Vectorised `yuan` for a whole column; NaN becomes None."""
+    per_fen = u.MONEY_SCALE // 100
+    if np.issubdtype(x.dtype, np.integer):
+        fen = (np.abs(x) * 2 + per_fen) // (2 * per_fen)
+        return (np.sign(x) * fen / 100).tolist()
+    fen = np.floor(np.abs(x) / per_fen + 0.5)
+    out = np.sign(x) * fen / 100 + 0.0  # no "-0.0"
+    return [None if v != v else v for v in out.tolist()]
 
 
 def yuan(x: int | float | None) -> float | None:
@@ -84,46 +94,53 @@ class MarginState:
 
     def figures(self, a: int) -> dict:
         """The account's reported figures, as in `evaluate` and in alert events."""
-        b, h = self.book, self.h
-        A = int(h.base_assets[a] + self.long_mv[a])
-        L = int(h.base_liabilities[a] + self.short_mv[a])
-        lines = self.lines(a)
-        target = int(lines[u.LINE_TARGET])
-        status = int(liquidation_status(A, L, target))
-        amb = available_margin_balance_one(a, b.cash, b.accrued, b.other_debt,
-                                           b.other_collateral, b.pos_ptr, b.pos_sec,
-                                           b.pos_kind, b.pos_qty, b.pos_cost,
-                                           b.pos_margin_ratio, self.price, b.haircut)
-        wd = withdrawable_one(np.int64(b.cash[a]), np.int64(A), np.int64(L),
-                              np.int64(lines[u.LINE_WITHDRAWABLE]))
-        rec = {
-            "account_id": b.account_ids[a],
-            "assets": yuan(A),
-            "liabilities": yuan(L),
-            "ratio": round(A / L, 6) if L > 0 else None,
-            "tier": u.TIER_NAMES[int(tier_of(A, L, lines, 0))],
-            "available_margin_balance": yuan(float(amb)),
-            "withdrawable": yuan(int(wd)),
-        }
-        rec.update(self.cure(A, L, target, status))
-        return rec
+        return self.figures_many(np.array([a], dtype=np.int64))[0]
 
-    @staticmethod
-    def cure(A: int, L: int, target_bp: int, status: int) -> dict:
-        """Liquidation value, status, shortfall and the cure amounts of margin-rules.md §4."""
-        if status == u.NOT_REQUIRED:
-            return {"liquidation_value": 0.0, "liquidation_status": u.STATUS_NAMES[status],
-                    "shortfall": 0.0, "cure": {"deposit": 0.0, "repay": 0.0}}
-        x = liquidation_value(A, L, target_bp, 0.0, 0.0)
-        # deposit T·L − A and repay L − A/T, exact rationals rounded to the fen
-        deposit = (target_bp * L - u.RATIO_SCALE * A) / u.RATIO_SCALE
-        repay = L - A * u.RATIO_SCALE / target_bp
-        return {
-            "liquidation_value": yuan(float(x)) if np.isfinite(x) else None,
-            "liquidation_status": u.STATUS_NAMES[status],
-            "shortfall": yuan(L - A) if status == u.UNREACHABLE_FULL_LIQUIDATION else 0.0,
-            "cure": {"deposit": yuan(float(deposit)), "repay": yuan(float(repay))},
-        }
+    def figures_many(self, accounts: np.ndarray) -> list[dict]:
+        """Reported figures of `accounts` (vectorised: `evaluate` runs this over the book)."""
+        b, h = self.book, self.h
+        idx = np.ascontiguousarray(accounts, dtype=np.int64)
+        A = h.base_assets[idx] + self.long_mv[idx]
+        L = h.base_liabilities[idx] + self.short_mv[idx]
+        lines = b.profile_lines[b.profile_of[idx]]
+        T = lines[:, u.LINE_TARGET]
+        S = u.RATIO_SCALE
+        tiers = np.empty(idx.shape[0], dtype=np.int8)
+        plain_tiers(A, L, np.arange(idx.shape[0], dtype=np.int32), lines, tiers)
+        amb = np.empty(idx.shape[0], dtype=np.float64)
+        available_margin_balance(idx, b.cash, b.accrued, b.other_debt, b.other_collateral,
+                                 b.pos_ptr, b.pos_sec, b.pos_kind, b.pos_qty, b.pos_cost,
+                                 b.pos_margin_ratio, self.price, b.haircut, amb)
+        room = (A * S - lines[:, u.LINE_WITHDRAWABLE] * L) // S
+        wd = np.maximum(0, np.minimum(b.cash[idx], room))
+        need = T * L - S * A  # money · bp, > 0 when below target
+        debt = L > 0
+        status = np.where(~debt | (need <= 0), u.NOT_REQUIRED,
+                          np.where(A <= L, u.UNREACHABLE_FULL_LIQUIDATION, u.REQUIRED))
+        required = status != u.NOT_REQUIRED
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(debt, A / np.where(debt, L, 1), np.nan)
+            x = np.where(status == u.REQUIRED, need / (T - S), 0.0)
+            deposit = np.where(required, need / S, 0.0)
+            repay = np.where(required, L - A * S / T, 0.0)
+        shortfall = np.where(status == u.UNREACHABLE_FULL_LIQUIDATION, L - A, 0)
+        cols = (
+            [b.account_ids[i] for i in idx.tolist()],
+            yuan_array(A), yuan_array(L),
+            [None if r != r else round(r, 6) for r in ratio.tolist()],
+            [u.TIER_NAMES[t] for t in tiers.tolist()],
+            yuan_array(amb), yuan_array(wd),
+            [None if st == u.UNREACHABLE_FULL_LIQUIDATION else v
+             for v, st in zip(yuan_array(x), status.tolist(), strict=True)],
+            [u.STATUS_NAMES[st] for st in status.tolist()],
+            yuan_array(shortfall), yuan_array(deposit), yuan_array(repay),
+        )
+        return [
+            {"account_id": aid, "assets": a_, "liabilities": l_, "ratio": r_, "tier": t_,
+             "available_margin_balance": m_, "withdrawable": w_, "liquidation_value": x_,
+             "liquidation_status": s_, "shortfall": f_, "cure": {"deposit": d_, "repay": p_}}
+            for aid, a_, l_, r_, t_, m_, w_, x_, s_, f_, d_, p_ in zip(*cols, strict=True)
+        ]
 
     def plan(self, a: int) -> tuple[list[dict], float | None, float]:
         """Lot-rounded liquidation plan: (orders, ratio_after, residual value still needed)."""
@@ -158,22 +175,40 @@ class MarginState:
         return orders, ratio_after, residual
 
     def stress(self, a: int) -> dict:
-        """One limit move against every position, and the fall to each tier's line."""
-        h = self.h
-        lmv = _dot(h.long_ptr, h.long_sec, h.long_qty, self.limit_down, a)
-        smv = _dot(h.short_ptr, h.short_sec, h.short_qty, self.limit_up, a)
-        Ls = int(h.base_liabilities[a] + smv)
-        As = int(h.base_assets[a] + lmv)
-        A = np.int64(h.base_assets[a] + self.long_mv[a])
-        L = np.int64(h.base_liabilities[a] + self.short_mv[a])
-        lines = self.lines(a)
-        dist = {}
-        for name, k in (("warning", u.LINE_NORMAL), ("margin_call", u.LINE_WARNING),
-                        ("forced_liquidation", u.LINE_MARGIN_CALL)):
-            d = distance_one(np.int64(h.base_assets[a]), L, A, np.int64(self.long_mv[a]),
-                             np.int64(lines[k]))
-            dist[name] = round(float(d), 6) if np.isfinite(d) else None
-        return {"stress_ratio": round(As / Ls, 6) if Ls > 0 else None, "distance": dist}
+        return self.stress_many(np.array([a], dtype=np.int64))[0]
+
+    def stress_many(self, accounts: np.ndarray) -> list[dict]:
+        """One limit move against every position (longs to limit-down, shorts to limit-up), and
+        the uniform fall of long prices that takes the account into each worse tier."""
+        h, b = self.h, self.book
+        idx = np.ascontiguousarray(accounts, dtype=np.int64)
+        if idx.shape[0] > 64:
+            lmv_all = np.empty_like(self.long_mv)
+            smv_all = np.empty_like(self.short_mv)
+            sweep(self.limit_down, self.limit_up, h.long_ptr, h.long_sec, h.long_qty,
+                  h.short_ptr, h.short_sec, h.short_qty, lmv_all, smv_all)
+            lmv, smv = lmv_all[idx], smv_all[idx]
+        else:
+            lmv = np.array([_dot(h.long_ptr, h.long_sec, h.long_qty, self.limit_down, a)
+                            for a in idx.tolist()], dtype=np.int64)
+            smv = np.array([_dot(h.short_ptr, h.short_sec, h.short_qty, self.limit_up, a)
+                            for a in idx.tolist()], dtype=np.int64)
+        sratio = np.empty(idx.shape[0], dtype=np.float64)
+        stress_ratio(h.base_assets[idx], h.base_liabilities[idx], lmv, smv, sratio)
+        dist = np.empty((idx.shape[0], 3), dtype=np.float64)
+        distances(h.base_assets[idx], self.assets()[idx], self.liabilities()[idx],
+                  self.long_mv[idx], b.profile_of[idx], b.profile_lines, dist)
+        out = []
+        for r, d in zip(sratio.tolist(), dist.tolist(), strict=True):
+            out.append({
+                "stress_ratio": round(r, 6) if np.isfinite(r) else None,
+                "distance": {k: (round(v, 6) if v == v else None)
+                             for k, v in zip(DISTANCE_KEYS, d, strict=True)},
+            })
+        return out
+
+
+DISTANCE_KEYS = ("warning", "margin_call", "forced_liquidation")
 
 
 def _dot(ptr, sec, qty, price, a):

@@ -1,0 +1,83 @@
+"""`margin-monitor evaluate` as a user runs it: a subprocess, JSON Lines out, exit codes."""
+
+import json
+import subprocess
+import sys
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pytest
+from spec import load_vectors
+
+VECTORS = load_vectors()
+SAMPLE = Path(__file__).resolve().parents[1] / "monitor" / "data" / "sample_book.json"
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "monitor.cli", "evaluate", *args],
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def lines(out):
+    return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+
+def test_sample_book_matches_the_spec_vectors():
+    got = {r["account_id"]: r for r in lines(run(str(SAMPLE), "--plan").stdout)}
+    for v in VECTORS:
+        r, e = got["C-" + v["id"]], v["expected"]
+        assert r["assets"] == float(e["assets"])
+        assert r["liabilities"] == float(e["liabilities"])
+        assert r["tier"] == e["tier"]
+        assert (r["ratio"] is None) == (e["ratio_pct"] is None)
+        if e["ratio_pct"] is not None:
+            assert Decimal(str(r["ratio"] * 100)).quantize(Decimal("0.01"), ROUND_HALF_UP) \
+                == Decimal(e["ratio_pct"])
+        assert r["available_margin_balance"] == float(e["available_margin_balance"])
+        assert r["liquidation_status"] == e["liquidation_status"]
+        lv = e["liquidation_value_to_150"]
+        assert r["liquidation_value"] == (None if lv is None else float(lv))
+        assert r["shortfall"] == float(e["shortfall_if_fully_liquidated"])
+        if "example_plan" in e:
+            assert [(o["side"], o["qty"]) for o in r["plan"]] == \
+                [(o["side"], o["qty"]) for o in e["example_plan"]]
+            assert Decimal(str(r["ratio_after"] * 100)).quantize(
+                Decimal("0.01"), ROUND_HALF_UP) == Decimal(e["example_plan_ratio_pct_after"])
+
+
+def test_output_is_in_book_order_with_every_contract_field():
+    recs = lines(run(str(SAMPLE), "--stress").stdout)
+    book = json.loads(SAMPLE.read_text())
+    assert [r["account_id"] for r in recs] == [a["account_id"] for a in book["accounts"]]
+    for r in recs:
+        assert set(r) >= {"account_id", "assets", "liabilities", "ratio", "tier",
+                          "available_margin_balance", "withdrawable", "liquidation_value",
+                          "liquidation_status", "shortfall", "cure", "stress_ratio", "distance"}
+        assert set(r["distance"]) == {"warning", "margin_call", "forced_liquidation"}
+        assert set(r["cure"]) == {"deposit", "repay"}
+    exact = next(r for r in recs if r["account_id"] == "C-EXACT130")
+    assert exact["ratio"] == 1.3 and exact["tier"] == "WARNING"
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"securities": [], "accounts": []}, "no securities"),
+    ({"securities": [{"symbol": "X", "price": "10", "haircut": "0.5"}],
+      "accounts": [{"account_id": "A", "cash": "1",
+                    "positions": [{"symbol": "Y", "kind": "collateral", "qty": 1}]}]},
+     "unknown symbol 'Y'"),
+])
+def test_invalid_book_exits_2_with_the_problem_on_stderr(tmp_path, doc, needle):
+    f = tmp_path / "book.json"
+    f.write_text(json.dumps(doc))
+    p = run(str(f), check=False)
+    assert p.returncode == 2
+    assert needle in p.stderr
+    assert p.stdout == ""
+
+
+def test_missing_book_exits_2(tmp_path):
+    p = run(str(tmp_path / "nope.json"), check=False)
+    assert p.returncode == 2 and "no such file" in p.stderr

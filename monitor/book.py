@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from feeds.universe import limit_band
 from kernels import units as u
 
 
@@ -65,7 +66,7 @@ class Book:
 
     def limit_prices(self) -> tuple[np.ndarray, np.ndarray]:
         """Limit-down and limit-up prices per security (board limit on prev_close, 0.01 tick)."""
-        return limit_prices(self.prev_close, self.board)
+        return limit_band(self.prev_close, self.board)
 
     def base_amounts(self) -> tuple[np.ndarray, np.ndarray]:
         """Price-independent part of assets and liabilities per account.
@@ -79,18 +80,6 @@ class Book:
         base_assets = np.maximum(self.cash, 0) + self.other_collateral
         base_liab = principal + self.accrued + np.maximum(-self.cash, 0) + self.other_debt
         return base_assets.astype(np.int64), base_liab.astype(np.int64)
-
-
-def limit_prices(prev_close: np.ndarray, board: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    limit_bp = u.BOARD_LIMIT_BP[board.astype(np.int64)]
-    tick = u.LIMIT_TICK
-    # round half up to the tick: floor((x + tick/2) / tick) * tick, in exact integers
-    down_raw = prev_close * (u.RATIO_SCALE - limit_bp)
-    up_raw = prev_close * (u.RATIO_SCALE + limit_bp)
-    scale = u.RATIO_SCALE * tick
-    down = (down_raw + scale // 2) // scale * tick
-    up = (up_raw + scale // 2) // scale * tick
-    return down.astype(np.int64), up.astype(np.int64)
 
 
 @dataclass(slots=True)

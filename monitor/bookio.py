@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from feeds.universe import board_of_symbol
 from kernels import units as u
 
 from .book import Book
@@ -164,7 +165,9 @@ def _table_from_rows(data):
     for k in cols:
         vals = [r.get(k) for r in data]
         kinds = {type(v) for v in vals if v is not None}
-        if len(kinds) > 1:  # e.g. qty given as 100 in one row, "100" in another: keep as text
+        # beyond int64 arrow cannot hold the integers: as text, the range check names the row
+        huge = any(type(v) is int and not -(2**63) <= v < 2**63 for v in vals)
+        if len(kinds) > 1 or huge:  # e.g. qty given as 100 in one row, "100" in another: as text
             vals = [None if v is None else (v if isinstance(v, str) else repr(v)) for v in vals]
         out[k] = pa.array(vals)
     return pa.table(out)
@@ -241,8 +244,8 @@ def _fixed(chk, table, name, n, scale, where_fn, *, required, default=None, digi
     vals = np.zeros(n, dtype=np.int64)
     ok = np.ones(n, dtype=bool)
     if col is None:
-        if required:
-            chk.add(where_fn(0) if n else "table", name, "column missing")
+        if required and n:
+            chk.add(where_fn(0), name, "column missing")
             ok[:] = False
         elif default is not None:
             vals[:] = default
@@ -254,18 +257,22 @@ def _fixed(chk, table, name, n, scale, where_fn, *, required, default=None, digi
         raw = np.asarray(col.fill_null(0).to_numpy(), dtype=np.int64)
         big = np.abs(raw) > np.iinfo(np.int64).max // scale
         vals = np.where(big, 0, raw) * scale
-        bad = big
+        chk.rows(where_fn, np.flatnonzero(big & ~missing), name, "out of range")
+        ok &= ~(big & ~missing)
+        bad = np.zeros(n, dtype=bool)
     elif pa.types.is_floating(t):
         raw = np.asarray(col.fill_null(0).to_numpy(), dtype=np.float64)
         finite = np.isfinite(raw)
         scaled = np.where(finite, raw, 0.0) * scale
         rounded = np.round(scaled)
-        inexact = np.abs(scaled - rounded) > 1e-6 * np.maximum(1.0, np.abs(scaled))
+        inexact = np.abs(scaled - rounded) > np.maximum(1e-6, 8 * np.spacing(np.abs(scaled)))
         too_big = np.abs(rounded) > 2.0**62
         vals = np.where(finite & ~too_big, rounded, 0).astype(np.int64)
         nonfinite = ~finite & ~missing
         chk.rows(where_fn, np.flatnonzero(nonfinite), name, "not a finite number")
-        bad = (inexact | too_big) & finite
+        chk.rows(where_fn, np.flatnonzero(too_big & finite & ~missing), name, "out of range")
+        ok &= ~nonfinite & ~(too_big & finite & ~missing)
+        bad = inexact & ~too_big & finite
     elif pa.types.is_decimal(t):
         return _fixed_from_text(chk, np.asarray(col.cast(pa.string()).to_pylist(), dtype=object),
                                 missing, name, scale, digits, where_fn, required, default)
@@ -297,7 +304,7 @@ def _fixed_from_text(chk, texts, missing, name, scale, digits, where_fn, require
     vals = np.zeros(n, dtype=np.int64)
     ok = np.ones(n, dtype=bool)
     cache: dict = {}
-    bad_fmt, bad_prec = [], []
+    bad_fmt, bad_prec, bad_range = [], [], []
     q = Decimal(1) / scale
     for i, s in enumerate(texts):
         if s is None:
@@ -321,14 +328,16 @@ def _fixed_from_text(chk, texts, missing, name, scale, digits, where_fn, require
             vals[i] = r
         elif r == "precision":
             bad_prec.append(i)
-        elif r == "nonfinite":
-            bad_fmt.append(i)
+        elif r == "range":
+            bad_range.append(i)
         else:
             bad_fmt.append(i)
     chk.rows(where_fn, np.array(bad_fmt, dtype=np.int64), name, "not a finite number")
     chk.rows(where_fn, np.array(bad_prec, dtype=np.int64), name, _precision_message(digits))
+    chk.rows(where_fn, np.array(bad_range, dtype=np.int64), name, "out of range")
     ok[bad_fmt] = False
     ok[bad_prec] = False
+    ok[bad_range] = False
     if required:
         chk.rows(where_fn, np.flatnonzero(missing), name, "missing")
         ok &= ~missing
@@ -340,8 +349,8 @@ def _fixed_from_text(chk, texts, missing, name, scale, digits, where_fn, require
 def _ints(chk, table, name, n, where_fn, *, required, default=0):
     col = _column(table, name)
     if col is None:
-        if required:
-            chk.add(where_fn(0) if n else "table", name, "column missing")
+        if required and n:
+            chk.add(where_fn(0), name, "column missing")
         return np.full(n, default, dtype=np.int64), np.zeros(n, dtype=bool)
     vals, ok, missing = _fixed(chk, table, name, n, 1, where_fn, required=required,
                                default=default, digits=0)
@@ -366,18 +375,6 @@ def _bools(chk, table, name, n, where_fn):
             bad.append(i)
     chk.rows(where_fn, np.array(bad, dtype=np.int64), name, "not a boolean")
     return out
-
-
-def board_from_symbol(symbol: str) -> int:
-    """Board by code shape (interfaces.md): 688 STAR, 300/301 ChiNext, 8/4/92 or .BJ Beijing."""
-    code, _, market = symbol.upper().partition(".")
-    if code.startswith(("688", "689")):
-        return u.BOARD_STAR
-    if code.startswith(("300", "301")):
-        return u.BOARD_CHINEXT
-    if market == "BJ" or (market not in ("SH", "SZ") and code.startswith(("8", "4", "92"))):
-        return u.BOARD_BSE
-    return u.BOARD_MAIN
 
 
 def build_book(tables: dict[str, pa.Table], names: dict[str, str], source: str = "book") -> Book:
@@ -423,7 +420,7 @@ def _securities(chk, t, name):
     for i in range(n):
         b = boards_txt[i]
         if b is None:
-            board[i] = board_from_symbol(str(symbols[i] or ""))
+            board[i] = board_of_symbol(str(symbols[i] or ""))
         elif b in u.BOARD_CODES:
             board[i] = u.BOARD_CODES[b]
         else:

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from feeds.universe import limit_band
 from kernels import units as u
-from monitor.book import limit_prices
 
 __all__ = ["generate", "write_book", "generate_json_book", "SCHEMAS", "PROFILES", "TABLES"]
 
@@ -335,7 +335,7 @@ def _securities(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     at_limit = rng.random(n)
     move = np.where(at_limit < 0.015, limit, np.where(at_limit < 0.025, -limit, move))
     price = np.round(prev_close / _LI * (1 + move) * 100).astype(np.int64) * _FEN
-    down, up = limit_prices(prev_close, board)
+    down, up = limit_band(prev_close, board)
     # Inside the band, then inside [2, 200] yuan (still inside the band: prev_close is too).
     price = np.clip(np.clip(price, down, up), int(_PRICE_MIN * _LI), int(_PRICE_MAX * _LI))
     suspended = rng.random(n) < _SUSPENDED_SHARE

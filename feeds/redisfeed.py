@@ -1,0 +1,151 @@
+"""Redis Streams tick feed: `XREAD BLOCK` on one stream; each entry's field `data` holds a JSON tick
+message (interfaces.md, Ticks).
+
+Spec: `redis://[user:pass@]host:port/N/STREAM[?start=$&block_ms=1000&count=1000&field=data]`
+(`rediss://` for TLS). The last path element is the stream key (URL-quoted if needed), the one
+before it the database number (default 0).
+
+Where to start: `start="$"` (default) means "entries added from now on", resolved to the stream's
+current last id when the feed first connects; `start=0` replays the whole stream; any entry id
+works. The feed remembers the id of the last entry it read and, after a lost connection, resumes
+right after it (no loss, no duplicates), reconnecting with a capped exponential backoff with
+jitter. Entries that the server itself lost (a restart without persistence, MAXLEN trimming)
+cannot be recovered, and entries re-added with ids at or below the last id read are not re-read.
+
+An entry without the `data` field counts as one `malformed` message. `aclose()` from another task
+takes effect within `block_ms`; cancelling the consuming task takes effect at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from feeds.base import Backoff, BaseFeed, mask_url, parse_params
+from feeds.ticks import TickBatch
+
+log = logging.getLogger(__name__)
+PARAMS = {"start": str, "block_ms": int, "count": int, "field": str}
+
+
+def split_redis_spec(spec: str) -> tuple[str, str, str]:
+    """`redis://u:p@h:6379/2/ticks?count=10` -> ("redis://u:p@h:6379/2", "ticks", "count=10")."""
+    parts = urlsplit(spec)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"redis feed: not a redis:// or rediss:// URL: {mask_url(spec)!r}")
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments:
+        raise ValueError(f"redis feed: no stream key in {mask_url(spec)!r} "
+                         "(expected redis://host:port/N/STREAM)")
+    stream = unquote(segments[-1])
+    db = segments[-2] if len(segments) >= 2 else "0"
+    if not db.isdigit():
+        raise ValueError(f"redis feed: database must be a number, got {db!r}")
+    conn = urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
+    return conn, stream, parts.query
+
+
+class RedisFeed(BaseFeed):
+    def __init__(self, universe, url: str, stream: str, *, start: str = "$",
+                 block_ms: int = 1000, count: int = 1000, field: str = "data",
+                 backoff_initial: float = 0.1, backoff_max: float = 5.0,
+                 connect_timeout: float = 2.0, socket_timeout: float | None = None,
+                 name: str | None = None, max_message_bytes: int = 1 << 20):
+        super().__init__(universe, name=name or f"{mask_url(url)}/{stream}",
+                         max_message_bytes=max_message_bytes)
+        self.url = url
+        self.stream = stream
+        self.start = start
+        self.block_ms = int(block_ms)
+        self.count = int(count)
+        self.field = field.encode()
+        self.backoff = Backoff(backoff_initial, backoff_max)
+        self.connect_timeout = connect_timeout
+        # a blocked XREAD must not hit the socket timeout
+        self.socket_timeout = socket_timeout or self.block_ms / 1000.0 + 10.0
+        self.last_id: bytes | None = None
+        self.connected = False
+        self._connections = 0
+
+    @classmethod
+    def from_spec(cls, spec: str, universe, **kw) -> RedisFeed:
+        conn, stream, query = split_redis_spec(spec)
+        params = parse_params(query, PARAMS, "redis feed")
+        params.update(kw)
+        return cls(universe, conn, stream, **params)
+
+    def __repr__(self) -> str:
+        return f"<RedisFeed {self.name} last_id={self.last_id!r}>"
+
+    def _client(self) -> Redis:
+        return Redis.from_url(
+            self.url,
+            decode_responses=False,
+            socket_connect_timeout=self.connect_timeout,
+            socket_timeout=self.socket_timeout,
+            retry=Retry(NoBackoff(), 0),  # the feed does its own reconnecting
+            retry_on_timeout=False,
+        )
+
+    async def _resolve_start(self, client: Redis) -> bytes:
+        if self.start != "$":
+            return b"0-0" if self.start in ("0", "0-0") else self.start.encode()
+        last = await client.xrevrange(self.stream, count=1)
+        return last[0][0] if last else b"0-0"
+
+    async def batches(self) -> AsyncIterator[TickBatch]:
+        fkey = self.field
+        try:
+            while not self.closed:
+                client = None
+                try:
+                    client = self._client()
+                    await client.ping()
+                    self._connections += 1
+                    if self._connections > 1:
+                        self.reconnects += 1
+                        log.info("%s: reconnected, resuming after %s", self.name,
+                                 self.last_id.decode() if self.last_id else "start")
+                    self.connected = True
+                    if self.last_id is None:
+                        self.last_id = await self._resolve_start(client)
+                    while not self.closed:
+                        resp = await client.xread({self.stream: self.last_id},
+                                                  count=self.count, block=self.block_ms)
+                        if not resp:
+                            continue
+                        entries = (resp[0][1] if isinstance(resp, list)
+                                   else next(iter(resp.values()))[0])
+                        if not entries:
+                            continue
+                        self.last_id = entries[-1][0]
+                        self.backoff.reset()
+                        batch = self.parser.parse_many(
+                            [fields.get(fkey) for _id, fields in entries], time.time_ns())
+                        if len(batch):
+                            yield batch
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    self.connect_failures += 1
+                    log.warning("%s: connection lost or refused: %s", self.name,
+                                type(exc).__name__)
+                finally:
+                    self.connected = False
+                    if client is not None:
+                        try:
+                            await client.aclose()
+                        except Exception:  # already broken; nothing to release
+                            pass
+                if self.closed:
+                    break
+                await asyncio.sleep(self.backoff.next())
+        finally:
+            await self.aclose()

@@ -186,7 +186,9 @@ class Engine:
                              {"symbol": st.book.symbols[s], "price": yuan(int(st.price[s]))})
             out.append(ev)
             if tier == u.MARGIN_CALL and (prev == u.UNSET_TIER or prev > u.MARGIN_CALL):
-                call = self.calls.open(a, ts, f)
+                # the engine's clock (not the tick's exchange time) runs deadlines, so a
+                # replay of old ticks does not open calls that are already expired
+                call = self.calls.open(a, now_ns, f)
                 if call is not None:
                     out.append(self._call_event("CALL_ISSUED", a, call, ts, now_ns, f))
         return out

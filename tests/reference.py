@@ -1,0 +1,485 @@
+"""A slow, obviously-correct reference for margin-rules.md §1-§5, in exact decimal arithmetic.
+
+One account at a time, straight from the interfaces.md book dict (securities by symbol, profiles,
+the account with its positions). Plain loops and `Decimal`, no numpy and nothing shared with the
+kernels, so the kernels can be checked against it.
+
+Conventions (each one is the spec's, or says where it is a reading of it):
+
+- §1  A = max(C, 0) + other_collateral + Σ long q·p;  L = F + Σ short s·p + I + max(−C, 0)
+      + other_debt. `other_collateral` / `other_debt` are optional account fields (default 0):
+      the spec's "other accepted collateral ... as a cash-like term" and "other debt".
+- §2  tier: the best tier whose line A/L is at or above (R < b strictly breaches b);
+      NO_DEBT when L = 0. Lines come from the account's profile (default lines when none),
+      overridden by the same-named fields on the account.
+- §3  AMB exactly as the formula; other_collateral counts like cash and other_debt like I
+      (the spec leaves both out of the formula; this is the reading the kernels take).
+      Withdrawable = max(0, min(C, A − w·L)); everything (all cash) when L = 0.
+- §4  status / x* = (T·L − A)/(T − 1) / shortfall L − A / cure T·L − A and L − A/T.
+      The plan simulator implements the default policy of kernels/liquidation.py on the
+      §4 model "a fill of value v moves A and L by the same v" (a long sale's proceeds repay at
+      most L), with optional sell / buy cost rates (fees rounded up to the li).
+- §5  limit price = prev_close·(1 ± limit) rounded half-up to 0.01; stress moves every long to
+      limit-down and every short to limit-up; distance to line b = 1 − (b·L − base_A)/long_MV,
+      None when L = 0, when long_MV = 0, when already below b, or when it is >= 1 (no fall
+      can breach). base_A = max(C, 0) + other_collateral.
+
+Money stays exact; reported numbers are rounded only by the caller (`fen`, `pct`).
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, localcontext
+
+D = Decimal
+CTX = Context(prec=80)  # far beyond any book: quotients are exact to many more digits than used
+
+ZERO = D(0)
+ONE = D(1)
+LI = D("0.001")  # the project's money unit; fees are rounded up to it
+FEN = D("0.01")
+TICK = D("0.01")  # limit prices are rounded to this
+
+DEFAULT_LINES = {
+    "withdrawable": D("3.00"),
+    "normal": D("1.50"),
+    "warning": D("1.30"),
+    "margin_call": D("1.15"),
+    "target": D("1.50"),
+}
+LINE_NAMES = ("withdrawable", "normal", "warning", "margin_call", "target")
+
+LIMIT = {"main": D("0.10"), "chinext": D("0.20"), "star": D("0.20"), "bse": D("0.30"),
+         "st": D("0.05")}
+DEFAULT_LOT = {"main": 100, "chinext": 100, "star": 200, "bse": 100, "st": 100}
+# STAR: at least 200 shares, then any whole share; Beijing: at least 100, then 1-share steps;
+# the others trade in round lots only.
+ONE_SHARE_STEPS = {"star", "bse"}
+
+NOT_REQUIRED = "NOT_REQUIRED"
+REQUIRED = "REQUIRED"
+UNREACHABLE = "UNREACHABLE_FULL_LIQUIDATION"
+
+
+def dec(x) -> Decimal:
+    """JSON number or decimal string -> Decimal (floats through their shortest repr)."""
+    if isinstance(x, Decimal):
+        return x
+    if isinstance(x, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(x, float):
+        return D(repr(x))
+    return D(str(x).strip())
+
+
+def fen(x: Decimal | None) -> Decimal | None:
+    """Round money to the fen, half away from zero (how the monitor reports yuan)."""
+    return None if x is None else x.quantize(FEN, rounding=ROUND_HALF_UP)
+
+
+def pct(a: Decimal, l: Decimal) -> Decimal | None:
+    """100·A/L rounded half-up to 2 decimals (the vectors' ratio_pct)."""
+    if l == 0:
+        return None
+    with localcontext(CTX):
+        return (D(100) * a / l).quantize(FEN, rounding=ROUND_HALF_UP)
+
+
+def div(a: Decimal, b: Decimal) -> Decimal:
+    with localcontext(CTX):
+        return a / b
+
+
+def board_of(sec: dict) -> str:
+    """The security's board: given, or derived from the symbol (interfaces.md)."""
+    if sec.get("board") is not None:
+        return sec["board"]
+    code = str(sec["symbol"]).split(".")[0]
+    if code.startswith("688"):
+        return "star"
+    if code.startswith(("300", "301")):
+        return "chinext"
+    if code.startswith(("8", "4", "92")):
+        return "bse"
+    return "main"
+
+
+def limit_price(prev_close: Decimal, board: str, up: bool) -> Decimal:
+    move = LIMIT[board]
+    raw = prev_close * (ONE + move if up else ONE - move)
+    return raw.quantize(TICK, rounding=ROUND_HALF_UP)
+
+
+class Security:
+    def __init__(self, d: dict):
+        self.symbol = d["symbol"]
+        self.price = dec(d["price"])
+        self.prev_close = dec(d["prev_close"]) if d.get("prev_close") is not None else self.price
+        self.haircut = dec(d["haircut"])
+        self.board = board_of(d)
+        self.lot = int(d["lot"]) if d.get("lot") is not None else DEFAULT_LOT[self.board]
+        self.step = 1 if self.board in ONE_SHARE_STEPS else self.lot
+        self.suspended = bool(d.get("suspended", False))
+        self.limit_down = limit_price(self.prev_close, self.board, up=False)
+        self.limit_up = limit_price(self.prev_close, self.board, up=True)
+
+    def sell_blocked(self, price: Decimal) -> bool:
+        """A long cannot be sold: suspended, or locked at (or below) limit-down."""
+        return self.suspended or price <= self.limit_down
+
+    def buy_blocked(self, price: Decimal) -> bool:
+        """A short cannot be bought back: suspended, or locked at (or above) limit-up."""
+        return self.suspended or price >= self.limit_up
+
+
+class RefBook:
+    """The book dict, indexed for the reference: securities by symbol, profiles by name."""
+
+    def __init__(self, doc: dict):
+        self.doc = doc
+        self.securities = {s["symbol"]: Security(s) for s in doc["securities"]}
+        self.profiles = {"default": dict(DEFAULT_LINES)}
+        for name, lines in (doc.get("profiles") or {}).items():
+            base = dict(DEFAULT_LINES)
+            for k, v in lines.items():
+                base[k] = dec(v)
+            self.profiles[name] = base
+        self.accounts = doc["accounts"]
+
+    def lines(self, acct: dict) -> dict:
+        lines = dict(self.profiles[acct.get("profile") or "default"])
+        for k in LINE_NAMES:
+            if acct.get(k) is not None:
+                lines[k] = dec(acct[k])
+        return lines
+
+    def account(self, account_id: str) -> dict:
+        for a in self.accounts:
+            if a["account_id"] == account_id:
+                return a
+        raise KeyError(account_id)
+
+    def evaluate(self, acct: dict, prices: dict | None = None, **plan_kw) -> dict:
+        return evaluate_account(self, acct, prices, **plan_kw)
+
+
+# ---------------------------------------------------------------------------- one account
+
+
+class Position:
+    def __init__(self, d: dict, sec: Security):
+        self.sec = sec
+        self.symbol = sec.symbol
+        self.kind = d["kind"]
+        self.qty = int(d["qty"])
+        self.cost = ZERO  # financed_cost for financed, short_sell_amount for shorts
+        self.margin_ratio = ZERO
+        if self.kind == "financed":
+            self.cost = dec(d["financed_cost"])
+            self.margin_ratio = dec(d["fin_margin_ratio"])
+        elif self.kind == "short":
+            self.cost = dec(d["short_sell_amount"])
+            self.margin_ratio = dec(d["short_margin_ratio"])
+
+    @property
+    def is_short(self) -> bool:
+        return self.kind == "short"
+
+
+def amounts(book: RefBook, acct: dict, price: dict) -> dict:
+    """§1 for one account at `price` (symbol -> Decimal)."""
+    cash = dec(acct["cash"])
+    accrued = dec(acct.get("accrued_interest_fees") or 0)
+    other_debt = dec(acct.get("other_debt") or 0)
+    other_coll = dec(acct.get("other_collateral") or 0)
+    positions = [Position(p, book.securities[p["symbol"]]) for p in acct.get("positions") or []]
+    long_mv = ZERO
+    short_mv = ZERO
+    financed = ZERO
+    for p in positions:
+        mv = p.qty * price[p.symbol]
+        if p.is_short:
+            short_mv += mv
+        else:
+            long_mv += mv
+        if p.kind == "financed":
+            financed += p.cost
+    base_a = max(cash, ZERO) + other_coll
+    base_l = financed + accrued + max(-cash, ZERO) + other_debt
+    return {
+        "cash": cash, "accrued": accrued, "other_debt": other_debt, "other_coll": other_coll,
+        "positions": positions, "long_mv": long_mv, "short_mv": short_mv,
+        "base_assets": base_a, "base_liabilities": base_l,
+        "assets": base_a + long_mv, "liabilities": base_l + short_mv,
+    }
+
+
+def tier(a: Decimal, l: Decimal, lines: dict) -> str:
+    """§2: the best tier whose line the account is at or above (R < b breaches b)."""
+    if l == 0:
+        return "NO_DEBT"
+    if a >= lines["withdrawable"] * l:
+        return "WITHDRAWABLE"
+    if a >= lines["normal"] * l:
+        return "NORMAL"
+    if a >= lines["warning"] * l:
+        return "WARNING"
+    if a >= lines["margin_call"] * l:
+        return "MARGIN_CALL"
+    return "FORCED_LIQUIDATION"
+
+
+def available_margin_balance(m: dict, price: dict) -> Decimal:
+    """§3, term by term."""
+    amb = m["cash"] + m["other_coll"] - m["accrued"] - m["other_debt"]
+    for p in m["positions"]:
+        mv = p.qty * price[p.symbol]
+        h = p.sec.haircut
+        if p.kind == "collateral":
+            amb += mv * h
+        elif p.kind == "financed":
+            gain = mv - p.cost
+            amb += gain * h if gain > 0 else gain
+            amb -= p.cost * p.margin_ratio
+        else:
+            gain = p.cost - mv
+            amb += gain * h if gain > 0 else gain
+            amb -= p.cost
+            amb -= mv * p.margin_ratio
+    return amb
+
+
+def withdrawable(cash: Decimal, a: Decimal, l: Decimal, line: Decimal) -> Decimal:
+    return max(ZERO, min(cash, a - line * l))
+
+
+def liquidation_status(a: Decimal, l: Decimal, target: Decimal) -> str:
+    if l == 0 or a >= target * l:
+        return NOT_REQUIRED
+    if a <= l:
+        return UNREACHABLE
+    return REQUIRED
+
+
+def liquidation_value(a: Decimal, l: Decimal, target: Decimal) -> Decimal | None:
+    status = liquidation_status(a, l, target)
+    if status == NOT_REQUIRED:
+        return ZERO
+    if status == UNREACHABLE:
+        return None
+    return div(target * l - a, target - ONE)
+
+
+def distance(base_a: Decimal, a: Decimal, l: Decimal, long_mv: Decimal,
+             line: Decimal) -> Decimal | None:
+    """§5: the uniform fall of long prices (shorts unchanged) that brings R to `line`."""
+    if l == 0 or long_mv == 0:
+        return None
+    if a < line * l:
+        return None  # already breached
+    d = ONE - div(line * l - base_a, long_mv)
+    if d >= 1:
+        return None  # even a fall to zero leaves R at or above the line
+    return d
+
+
+def evaluate_account(book: RefBook, acct: dict, prices: dict | None = None, *,
+                     sell_cost=0, buy_cost=0, group_order=(0, 1, 2, 3)) -> dict:
+    """Every figure of margin-rules.md §1-§5 for one account, exact.
+
+    `prices` overrides security prices (symbol -> price); the rest of the book is as given."""
+    price = {s: sec.price for s, sec in book.securities.items()}
+    for s, p in (prices or {}).items():
+        price[s] = dec(p)
+    lines = book.lines(acct)
+    target = lines["target"]
+    m = amounts(book, acct, price)
+    a, l = m["assets"], m["liabilities"]
+    status = liquidation_status(a, l, target)
+    if status == NOT_REQUIRED:
+        deposit = repay = ZERO
+    else:
+        deposit = target * l - a
+        repay = l - div(a, target)
+    # §5 stress: every long at limit-down, every short at limit-up
+    stress_long = stress_short = ZERO
+    for p in m["positions"]:
+        if p.is_short:
+            stress_short += p.qty * p.sec.limit_up
+        else:
+            stress_long += p.qty * p.sec.limit_down
+    sa = m["base_assets"] + stress_long
+    sl = m["base_liabilities"] + stress_short
+    dist = {
+        "warning": distance(m["base_assets"], a, l, m["long_mv"], lines["normal"]),
+        "margin_call": distance(m["base_assets"], a, l, m["long_mv"], lines["warning"]),
+        "forced_liquidation": distance(m["base_assets"], a, l, m["long_mv"],
+                                       lines["margin_call"]),
+    }
+    orders, a2, l2 = plan(m, price, a, l, target, dec(sell_cost), dec(buy_cost), group_order)
+    if l2 > 0 and a2 < target * l2:
+        x = liquidation_value(a2, l2, target)
+        residual = x if x is not None else l2 - a2
+    else:
+        residual = ZERO
+    return {
+        "account_id": acct["account_id"],
+        "assets": a,
+        "liabilities": l,
+        "long_mv": m["long_mv"],
+        "short_mv": m["short_mv"],
+        "base_assets": m["base_assets"],
+        "base_liabilities": m["base_liabilities"],
+        "ratio": div(a, l) if l > 0 else None,
+        "ratio_pct": pct(a, l),
+        "tier": tier(a, l, lines),
+        "lines": lines,
+        "available_margin_balance": available_margin_balance(m, price),
+        "withdrawable": withdrawable(m["cash"], a, l, lines["withdrawable"]),
+        "liquidation_status": status,
+        "liquidation_value": liquidation_value(a, l, target),
+        "shortfall": l - a if status == UNREACHABLE else ZERO,
+        "cure": {"deposit": deposit, "repay": repay},
+        "stress_assets": sa,
+        "stress_liabilities": sl,
+        "stress_ratio": div(sa, sl) if sl > 0 else None,
+        "distance": dist,
+        "plan": orders,
+        "assets_after": a2,
+        "liabilities_after": l2,
+        "ratio_after": div(a2, l2) if l2 > 0 else None,
+        "residual": residual,
+        "tradable_capacity": tradable_capacity(m, price),
+    }
+
+
+# ---------------------------------------------------------------------------- §4 the plan
+
+
+def tradable_capacity(m: dict, price: dict) -> Decimal:
+    """Market value the planner may trade: longs not suspended or at limit-down, shorts not
+    suspended or at limit-up."""
+    total = ZERO
+    for p in m["positions"]:
+        px = price[p.symbol]
+        blocked = p.sec.buy_blocked(px) if p.is_short else p.sec.sell_blocked(px)
+        if not blocked:
+            total += p.qty * px
+    return total
+
+
+def sizes_from(q_min: int, avail: int, lot: int, step: int):
+    """Admissible order sizes >= q_min for a holding of `avail` shares, ascending.
+
+    At least one lot, then `step` increments; an order that would reach the last full step
+    takes the odd-lot remainder with it (the whole holding); a holding of at most one lot is
+    sold whole."""
+    if avail <= lot:
+        yield avail
+        return
+    top = lot + (avail - lot) // step * step  # largest size on the grid
+    q = lot if q_min <= lot else lot + -(-(q_min - lot) // step) * step
+    while q < top:
+        yield q
+        q += step
+    yield avail
+
+
+def order_sizes(avail: int, lot: int, step: int) -> list:
+    """Every admissible order size for a holding of `avail` shares."""
+    return list(sizes_from(0, avail, lot, step))
+
+
+def policy_order(positions: list, price: dict, group_order=(0, 1, 2, 3)) -> list:
+    """The default policy: shorts whose price is rising (above the average sale price or the
+    previous close) by rise, largest first; financed longs by market value, largest first;
+    collateral by haircut, lowest first, then concentration (share of the account's long
+    market value), highest first; then the other shorts by market value, largest first.
+    Ties keep the account's position order."""
+    long_total = sum((p.qty * price[p.symbol] for p in positions if not p.is_short), ZERO)
+    keyed = []
+    for i, p in enumerate(positions):
+        px = price[p.symbol]
+        mv = p.qty * px
+        if p.is_short:
+            avg = div(p.cost, D(p.qty))
+            rise_avg = div(px, avg) - ONE if avg > 0 else ZERO
+            rise = max(rise_avg, div(px, p.sec.prev_close) - ONE)
+            if rise > 0:
+                key = (group_order[0], -rise, ZERO)
+            else:
+                key = (group_order[3], -mv, ZERO)
+        elif p.kind == "financed":
+            key = (group_order[1], -mv, ZERO)
+        else:
+            conc = div(mv, long_total) if long_total > 0 else ZERO
+            key = (group_order[2], p.sec.haircut, -conc)
+        keyed.append((key, i, p))
+    keyed.sort(key=lambda t: (t[0], t[1]))
+    return [p for _, _, p in keyed]
+
+
+def ceil_li(x: Decimal) -> Decimal:
+    return x.quantize(LI, rounding=ROUND_CEILING)
+
+
+def fill(is_short: bool, q: int, px: Decimal, a: Decimal, l: Decimal, sell_cost: Decimal,
+         buy_cost: Decimal) -> tuple[Decimal, Decimal]:
+    """One simulated fill on the §4 model: buying back `v` of a short with cash takes `v` (and
+    the fee) from A and `v` from L; selling `v` of a long repays up to `v − fee` of debt."""
+    v = q * px
+    if is_short:
+        fee = ceil_li(v * buy_cost)
+        return a - v - fee, l - v
+    fee = ceil_li(v * sell_cost)
+    repay = min(v - fee, l)
+    return a - fee - repay, l - repay
+
+
+def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cost: Decimal,
+         buy_cost: Decimal, group_order=(0, 1, 2, 3)) -> tuple[list, Decimal, Decimal]:
+    """Lot-rounded liquidation plan of the default policy: (orders, A after, L after).
+
+    REQUIRED: walk the policy order, skip untradable positions, and take from each the smallest
+    admissible size that brings R' to the target (or all of it); stop once R' >= target.
+    UNREACHABLE: liquidate every tradable position whole, until nothing is owed."""
+    status = liquidation_status(a, l, target)
+    if status == NOT_REQUIRED:
+        return [], a, l
+    full = status == UNREACHABLE
+    rows: list[dict] = []
+    for p in policy_order(m["positions"], price, group_order):
+        if not full and a >= target * l:
+            break
+        if l <= 0:
+            break
+        px = price[p.symbol]
+        if (p.sec.buy_blocked(px) if p.is_short else p.sec.sell_blocked(px)):
+            continue
+        if full:
+            q = p.qty
+        else:
+            cost = buy_cost if p.is_short else sell_cost
+            if (target - ONE - cost if p.is_short else target * (ONE - cost) - ONE) <= 0:
+                continue  # costs eat the whole benefit: this side cannot help
+            # No size below the exact cost-free requirement can reach the target (R' rises
+            # with q, and costs only raise the requirement), so the scan starts there.
+            need = div(target * l - a, (target - ONE) * px)
+            q = p.qty
+            a_all, l_all = fill(p.is_short, p.qty, px, a, l, sell_cost, buy_cost)
+            reachable = a_all >= target * l_all  # else no smaller size reaches it either
+            for size in sizes_from(int(need), p.qty, p.sec.lot, p.sec.step) if reachable else ():
+                a2, l2 = fill(p.is_short, size, px, a, l, sell_cost, buy_cost)
+                if a2 >= target * l2:
+                    q = size
+                    break
+        a, l = fill(p.is_short, q, px, a, l, sell_cost, buy_cost)
+        side = "buy_to_cover" if p.is_short else "sell"
+        for r in rows:
+            if r["symbol"] == p.symbol and r["side"] == side:
+                r["qty"] += q
+                r["value"] += q * px
+                break
+        else:
+            rows.append({"symbol": p.symbol, "side": side, "qty": q, "value": q * px})
+    return rows, a, l

@@ -78,6 +78,99 @@ def _make_book(args) -> int:
     return EXIT_OK
 
 
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _serve(cfg, book, redis_url, banner) -> int:
+    import asyncio
+    import signal
+
+    from .runtime import Monitor
+
+    async def main() -> int:
+        mon = Monitor(cfg, book, redis_url=redis_url)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, mon.stop)
+        task = asyncio.create_task(mon.run())
+        while mon.bound is None and not task.done():
+            await asyncio.sleep(0.05)
+        if mon.bound is not None:
+            banner(mon)
+        return await task
+
+    return asyncio.run(main())
+
+
+def _run(args) -> int:
+    from .bookio import BookError, load_book
+    from .config import ConfigError, load_config
+
+    _setup_logging(args.log_level)
+    try:
+        cfg = load_config(args.config, {
+            "book": args.book, "feed": args.feed, "events": args.events, "redis": args.redis,
+            "alerts_stream": args.alerts_stream, "listen": args.listen,
+            "token_file": args.token_file,
+            "until_feed_ends": True if args.until_feed_ends else None})
+        if not cfg.book:
+            raise ConfigError("no book: give --book PATH or `book` in the config file")
+        cfg.resolve_token()
+        book = load_book(cfg.book)
+    except (ConfigError, BookError) as e:
+        print(f"margin-monitor run: {e}", file=sys.stderr)
+        return EXIT_INVALID
+
+    def banner(mon):
+        host, port = mon.bound
+        print(f"margin-monitor: alerts on ws://{host}:{port}/ws/alerts", file=sys.stderr)
+
+    return _serve(cfg, book, cfg.redis, banner)
+
+
+def _demo(args) -> int:
+    from . import synthbook
+    from .bookio import build_book
+    from .config import RunConfig
+    from .demo import private_redis
+
+    _setup_logging(args.log_level)
+    print(f"margin-monitor demo: building a synthetic book of {args.accounts} accounts ...",
+          file=sys.stderr)
+    tables = synthbook.generate(args.accounts, args.securities, seed=args.seed)
+    book = build_book(tables, {k: f"synthetic {k}" for k in tables}, source="synthetic")
+    cfg = RunConfig(book="(synthetic)", feed=args.feed, listen=args.listen,
+                    until_feed_ends=args.until_feed_ends, spill_dir=args.spill_dir)
+    cfg.resolve_token()
+
+    def banner(mon):
+        host, port = mon.bound
+        redis_line = (f"Redis stream {cfg.alerts_stream} at {mon.outbox.stats()['url']}"
+                      if mon.outbox is not None else
+                      "Redis: not used (no redis-server on PATH and no --redis given); "
+                      "alerts go to the websocket only")
+        print("\n".join([
+            "",
+            "margin-monitor demo is running",
+            f"  alerts (websocket): ws://{host}:{port}/ws/alerts?token={cfg.token}",
+            f"  health:             http://{host}:{port}/healthz",
+            f"  metrics:            http://{host}:{port}/metrics  (Bearer {cfg.token})",
+            f"  token:              {cfg.token}",
+            f"  {redis_line}",
+            "  Ctrl-C stops it.",
+            ""]), file=sys.stderr, flush=True)
+
+    if args.redis:
+        return _serve(cfg, book, args.redis, banner)
+    with private_redis() as url:
+        return _serve(cfg, book, url, banner)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="margin-monitor",
                                 description="Real-time maintenance-margin monitor for a book "
@@ -105,6 +198,37 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     mb.add_argument("--quiet", action="store_true", help="no progress bar")
     mb.set_defaults(func=_make_book)
+
+    run = sub.add_parser("run", help="run the monitor: feed in, alerts out (Redis + websocket)")
+    run.add_argument("--config", help="monitor.toml; flags below override it")
+    run.add_argument("--book", help="book JSON file or folder of tables")
+    run.add_argument("--feed", help="synthetic[:scenario] | replay:PATH | ws://… | "
+                                    "redis://…/STREAM")
+    run.add_argument("--events", help="account events: JSONL file or redis://…/STREAM")
+    run.add_argument("--redis", help="Redis URL for the alert stream (redis:// or rediss://)")
+    run.add_argument("--alerts-stream", help="alert stream key (default margin:alerts)")
+    run.add_argument("--listen", help="HOST:PORT for /ws/alerts, /healthz, /metrics "
+                                      "(default 127.0.0.1:8765; port 0 = any free port)")
+    run.add_argument("--token-file", help="file holding the access token "
+                                          "(else MARGIN_MONITOR_TOKEN, else a random one)")
+    run.add_argument("--until-feed-ends", action="store_true",
+                     help="exit 0 once a finite feed is drained and every event published")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="the monitor on a synthetic book and a crash scenario")
+    demo.add_argument("--accounts", type=int, default=100_000)
+    demo.add_argument("--securities", type=int, default=2_000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--feed", default="synthetic:crash?drop=0.08&minutes=5&at=0.5&speed=20",
+                      help="feed spec (default: an 8%% index crash over 5 simulated minutes, "
+                           "played 20x faster)")
+    demo.add_argument("--listen", default="127.0.0.1:8765")
+    demo.add_argument("--redis", help="use this Redis instead of a private redis-server")
+    demo.add_argument("--spill-dir", default="spill")
+    demo.add_argument("--until-feed-ends", action="store_true")
+    demo.add_argument("--log-level", default="info")
+    demo.set_defaults(func=_demo)
     return p
 
 

@@ -1,0 +1,219 @@
+"""The running monitor: asyncio tasks around the sans-I/O engine.
+
+    feed task      feed.batches() -> engine.add_ticks()            (conflates; cheap)
+    cycle task     engine.cycle() -> outbox.publish(), server.broadcast()   (never awaits I/O)
+    outbox task    Redis XADD pipelines, outage buffering and spill         (monitor/outbox.py)
+    server         /ws/alerts, /healthz, /metrics                           (monitor/server.py)
+    heartbeat      summary every second to Redis and to websocket clients
+
+The cycle task hands events to the outputs by plain method calls that only enqueue, so neither a
+Redis outage nor a slow websocket client can stall the tick path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import numpy as np
+
+from feeds.base import open_feed
+from feeds.universe import Universe
+
+from .book import Book
+from .config import RunConfig
+from .engine import Engine, EngineConfig
+from .metrics import Metrics
+from .state import MarginState
+from .warmup import warm_up
+
+log = logging.getLogger("monitor")
+
+
+def universe_of(book: Book) -> Universe:
+    down, up = book.limit_prices()
+    return Universe(list(book.symbols), book.prev_close, down, up, book.price,
+                    popularity=_popularity(book), symbol_index=dict(book.symbol_index))
+
+
+def _popularity(book: Book) -> np.ndarray:
+    """Holders per security: popular stocks tick most in the synthetic feed."""
+    return np.bincount(book.pos_sec, minlength=book.n_securities).astype(np.float64) + 1.0
+
+
+class Monitor:
+    def __init__(self, cfg: RunConfig, book: Book, *, redis_url: str | None = None):
+        self.cfg = cfg
+        self.book = book
+        self.metrics = Metrics()
+        self.state = MarginState(book)
+        self.engine = Engine(self.state, EngineConfig(
+            hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share,
+            call_days=cfg.call_days, holidays=cfg.holiday_dates))
+        self.universe = universe_of(book)
+        self.feed = open_feed(cfg.feed, self.universe)
+        self.redis_url = redis_url if redis_url is not None else cfg.redis
+        self.outbox = None
+        self.server = None
+        self.bound: tuple[str, int] | None = None
+        self._wake = asyncio.Event()
+        self._feed_done = False
+        self._oldest_recv_ns = 0
+        self._stopping = asyncio.Event()
+        self.events_emitted = 0
+
+    # ------------------------------------------------------------------ tasks
+    async def _feed_loop(self) -> None:
+        try:
+            async for batch in self.feed.batches():
+                if len(batch):
+                    if self._oldest_recv_ns == 0:
+                        self._oldest_recv_ns = batch.recv_ns
+                    self.engine.add_ticks(batch.sec, batch.price, batch.ts)
+                    self.metrics.ticks.inc(len(batch))
+                    self._wake.set()
+                await asyncio.sleep(0)  # let the cycle and output tasks run
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("feed %s failed", self.feed.name)
+        finally:
+            self._feed_done = True
+            self._wake.set()
+
+    def _publish(self, events: list[dict]) -> None:
+        if not events:
+            return
+        self.events_emitted += len(events)
+        encoded = None
+        if self.outbox is not None:
+            encoded = self.outbox.publish(events)  # encoded once, shared with the websocket
+        if self.server is not None:
+            self.server.broadcast(events, encoded=encoded)
+        for e in events:
+            self.metrics.events.labels(e["kind"]).inc()
+
+    async def _cycle_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.engine.pending:
+                oldest = self._oldest_recv_ns
+                self._oldest_recv_ns = 0
+                events = self.engine.cycle(time.time_ns())
+                self._publish(events)
+                c = self.engine.last_cycle
+                self.metrics.cycles.labels(c.path).inc()
+                self.metrics.cycle_seconds.observe(c.ns / 1e9)
+                if oldest:
+                    self.metrics.tick_to_event.observe((time.time_ns() - oldest) / 1e9)
+            else:
+                self._publish(self.engine.cycle(time.time_ns()))  # deadlines of open calls
+            if self._feed_done and not self.engine.pending:
+                return
+            await asyncio.sleep(0)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_s)
+            self._wake.set()  # lets call deadlines expire even with a silent feed
+            s = self.summary()
+            if self.outbox is not None:
+                self.outbox.publish_summary(s)
+            if self.server is not None:
+                self.server.broadcast_summary(s)
+
+    def summary(self) -> dict:
+        now = time.time_ns()
+        s = self.engine.summary(now)
+        fs = self.feed.stats()
+        s["feed"] = fs.as_dict()
+        s["feed"]["lag_s"] = ((now - fs.last_message_ns) / 1e9) if fs.last_message_ns else None
+        stale = fs.staleness_s(now)
+        s["feed"]["stale_symbols_60s"] = int(np.sum(~np.isnan(stale) & (stale > 60)))
+        for reason, n in fs.rejected.items():
+            self.metrics.rejected.labels(reason).set(n)
+        for name, n in s["tiers"].items():
+            self.metrics.accounts.labels(name).set(n)
+        if self.outbox is not None:
+            os_ = self.outbox.stats()
+            s["outbox"] = {k: os_[k] for k in ("queued", "spilled", "published", "connected",
+                                               "failures")}
+            self.metrics.outbox_queued.set(os_["queued"])
+            self.metrics.outbox_spilled.set(os_["spilled"])
+        if self.server is not None:
+            ss = self.server.stats()
+            s["websocket"] = ss
+            self.metrics.ws_clients.set(ss.get("clients", 0))
+        return s
+
+    def health(self) -> dict:
+        fs = self.feed.stats()
+        now = time.time_ns()
+        feed_age = (now - fs.last_message_ns) / 1e9 if fs.last_message_ns else None
+        return {"ok": True, "run_id": self.engine.run_id, "seq": self.engine.seq,
+                "cycles": self.engine.cycles, "feed_age_s": feed_age,
+                "feed_done": self._feed_done}
+
+    # ------------------------------------------------------------------ life cycle
+    async def run(self) -> int:
+        from .outbox import RedisOutbox
+        from .server import AlertServer
+
+        log.info("warming up kernels")
+        log.info("kernels ready in %.2fs", warm_up())
+        token = self.cfg.resolve_token()
+        if self.redis_url:
+            self.outbox = RedisOutbox(self.redis_url, stream=self.cfg.alerts_stream,
+                                      maxlen=self.cfg.alerts_maxlen,
+                                      summary_key=self.cfg.summary_key,
+                                      spill_dir=self.cfg.spill_dir)
+        host, port = self.cfg.host_port
+        self.server = AlertServer(host=host, port=port, token=token,
+                                  snapshot=lambda: self.engine.open_breaches(time.time_ns()),
+                                  health=self.health, registry=self.metrics.registry,
+                                  max_connections=self.cfg.max_connections)
+        self.bound = await self.server.start()
+        log.info("alerts on ws://%s:%d/ws/alerts (health /healthz, metrics /metrics)",
+                 *self.bound)
+        tasks = []
+        if self.outbox is not None:
+            tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        self._publish(self.engine.start(time.time_ns()))
+        log.info("start: %d accounts, %d at WARNING or worse announced", self.book.n_accounts,
+                 self.events_emitted)
+        cycle = asyncio.create_task(self._cycle_loop(), name="cycle")
+        feed = asyncio.create_task(self._feed_loop(), name="feed")
+        beat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        stop = asyncio.create_task(self._stopping.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait({cycle, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if cycle in done:
+                cycle.result()
+                log.info("feed drained: %d events", self.events_emitted)
+                if not self.cfg.until_feed_ends:
+                    await self._stopping.wait()  # keep serving the desk until stopped
+        finally:
+            for t in (feed, beat, stop, cycle):
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await self.feed.aclose()
+            if self.outbox is not None:
+                self._final_summary()
+                if not await self.outbox.drain(timeout=30):
+                    log.error("outbox not drained; unsent events are kept in the spill file")
+                await self.outbox.aclose()
+            if self.server is not None:
+                self.server.broadcast_summary(self.summary())
+                await self.server.aclose()
+            for t in tasks:
+                t.cancel()
+        return 0
+
+    def _final_summary(self) -> None:
+        self.outbox.publish_summary(self.summary())
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,124 @@
+"""`margin-monitor run` end to end, as a process: ticks from a real Redis stream in, alerts out to
+a real Redis stream and a real websocket client, identical payloads on both."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from conftest import free_port
+from websockets.asyncio.client import connect
+
+SAMPLE = Path(__file__).resolve().parents[1] / "monitor" / "data" / "sample_book.json"
+TOKEN = "integration-test-token-0123456789"
+
+
+@pytest.fixture
+def monitor_proc(redis_fresh, tmp_path):
+    tok = tmp_path / "token"
+    tok.write_text(TOKEN)
+    port = free_port()
+    cmd = [sys.executable, "-m", "monitor.cli", "run", "--book", str(SAMPLE),
+           "--feed", f"{redis_fresh.url}/ticks?block_ms=100",
+           "--redis", redis_fresh.url, "--alerts-stream", "it:alerts",
+           "--listen", f"127.0.0.1:{port}", "--token-file", str(tok)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate(timeout=5)
+            pytest.fail(f"monitor did not come up: rc={proc.returncode}\n{err.decode()}")
+        time.sleep(0.1)
+    yield proc, port, redis_fresh
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+async def recv_until(ws, pred, timeout=20.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while not pred(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out; got {[orjson.loads(g).get('kind') for g in got]}")
+        raw = await asyncio.wait_for(ws.recv(), left)
+        raw = raw.encode() if isinstance(raw, str) else raw
+        if orjson.loads(raw)["kind"] not in ("HEARTBEAT", "SNAPSHOT"):
+            got.append(raw)
+    return got
+
+
+def xadd(r, *ticks):
+    r.xadd("ticks", {"data": json.dumps(list(ticks))})
+
+
+async def test_replayed_ticks_give_the_expected_transitions_on_both_outputs(monitor_proc):
+    proc, port, rs = monitor_proc
+    r = redis.Redis.from_url(rs.url)
+    async with connect(f"ws://127.0.0.1:{port}/ws/alerts",
+                       additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        # C-EXACT130 holds 13000 financed 600000.SH against 120000 of debt: R = 0.1083·price
+        t0 = 1_763_712_000_000_000_000
+        xadd(r, {"symbol": "600000.SH", "price": 10.80, "ts": t0 + 1},
+             {"symbol": "NOPE.SH", "price": 1.0, "ts": t0 + 1},
+             {"symbol": "600000.SH", "price": "NaN", "ts": t0 + 2})
+        live = await recv_until(ws, lambda g: len(g) >= 2)
+        xadd(r, {"symbol": "600000.SH", "price": 12.00, "ts": t0 + 3})  # 1.30: inside the band
+        xadd(r, {"symbol": "600000.SH", "price": 12.10, "ts": t0 + 4})  # 1.3108: clears it
+        live += await recv_until(ws, lambda g: len(g) >= 1)
+    events = [orjson.loads(x) for x in live]
+    assert [(e["kind"], e["account_id"], e["previous_tier"], e["tier"]) for e in events] == [
+        ("TIER_CHANGE", "C-EXACT130", "WARNING", "MARGIN_CALL"),
+        ("CALL_ISSUED", "C-EXACT130", "MARGIN_CALL", "MARGIN_CALL"),
+        ("TIER_CHANGE", "C-EXACT130", "MARGIN_CALL", "WARNING"),
+    ]
+    assert events[0]["trigger"] == {"symbol": "600000.SH", "price": 10.8}
+    assert events[0]["ts_event"] == t0 + 1
+    assert events[0]["ratio"] == 1.17 and events[2]["ratio"] == 1.310833
+    # the Redis stream holds the start-up picture, then the same bytes the websocket got
+    time.sleep(0.5)
+    entries = [e[1][b"data"] for e in r.xrange("it:alerts")]
+    seqs = [orjson.loads(x)["seq"] for x in entries]
+    assert seqs == list(range(1, len(seqs) + 1))  # gap-free, in order
+    start = [orjson.loads(x) for x in entries[:-3]]
+    assert {e["account_id"] for e in start if e["kind"] == "TIER_CHANGE"} == {
+        "C-TV1", "C-TV2", "C-TV3", "C-TV7", "C-TV8", "C-EXACT130", "C-CONSERVATIVE"}
+    assert all(e["previous_tier"] is None for e in start if e["kind"] == "TIER_CHANGE")
+    assert entries[-3:] == live
+    # bad ticks were rejected and counted, not applied
+    time.sleep(1.5)  # one heartbeat
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    metrics = urllib.request.urlopen(req, timeout=5).read().decode()
+    assert 'mm_ticks_rejected{reason="unknown_symbol"} 1.0' in metrics
+    assert 'mm_ticks_rejected{reason="non_finite"} 1.0' in metrics
+    summary = orjson.loads(r.get("margin:summary"))
+    assert summary["tiers"]["MARGIN_CALL"] == 1  # C-TV2 only; C-EXACT130 is back to WARNING
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_wrong_token_is_refused(monitor_proc):
+    _, port, _ = monitor_proc
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 401

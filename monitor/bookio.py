@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -273,7 +274,13 @@ def _fixed(chk, table, name, n, scale, where_fn, *, required, default=None, digi
         chk.rows(where_fn, np.flatnonzero(too_big & finite & ~missing), name, "out of range")
         ok &= ~nonfinite & ~(too_big & finite & ~missing)
         bad = inexact & ~too_big & finite
-    elif pa.types.is_decimal(t):
+    elif pa.types.is_decimal(t) and (fast := _decimal_unscaled(col, digits)) is not None:
+        raw, fits = fast
+        vals = np.where(fits & ~missing, raw, 0)
+        bad = np.zeros(n, dtype=bool)
+        chk.rows(where_fn, np.flatnonzero(~fits & ~missing), name, "out of range")
+        ok &= fits | missing
+    elif pa.types.is_decimal(t):  # more decimals than allowed somewhere: find the rows
         return _fixed_from_text(chk, np.asarray(col.cast(pa.string()).to_pylist(), dtype=object),
                                 missing, name, scale, digits, where_fn, required, default)
     elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
@@ -291,6 +298,23 @@ def _fixed(chk, table, name, n, scale, where_fn, *, required, default=None, digi
     elif default is not None:
         vals[missing] = default
     return vals, ok, missing
+
+
+def _decimal_unscaled(col, digits):
+    """Decimal column -> (int64 unscaled values at `digits` decimals, fits-in-int64 mask), read
+    straight from the 128-bit buffers; None when a value has more decimals (the caller then
+    finds and reports the rows)."""
+    try:
+        arr = pc.cast(col, pa.decimal128(38, digits)).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if isinstance(arr, pa.ChunkedArray):  # pragma: no cover - older pyarrow
+        arr = pa.concat_arrays(arr.chunks)
+    words = np.frombuffer(arr.buffers()[1], dtype=np.int64)
+    words = words[2 * arr.offset: 2 * (arr.offset + len(arr))]
+    lo, hi = words[0::2], words[1::2]
+    fits = hi == (lo >> 63)  # the high word only extends the sign
+    return lo.copy(), fits
 
 
 def _precision_message(digits):
@@ -530,31 +554,53 @@ def _accounts(chk, t, name, profiles):
             "other_debt": other_debt, "other_collateral": other_coll, "profile_of": profile_of}
 
 
+class _LazyStrings:
+    """Row -> text of a column, converted only for the rows a message names."""
+
+    def __init__(self, table, name):
+        self.col = _column(table, name)
+
+    def __getitem__(self, i):
+        if self.col is None:
+            return None
+        v = self.col[int(i)].as_py()
+        return None if v is None else str(v)
+
+
+def _lookup(table, name, index: dict, n):
+    """Column of names -> dense indices through `index`, vectorised; (values, bad rows)."""
+    col = _column(table, name)
+    if col is None:
+        return np.zeros(n, dtype=np.int64), np.arange(n)
+    keys = list(index)
+    pos = pc.index_in(col.cast(pa.string()), value_set=pa.array(keys, type=pa.string()))
+    found = np.asarray(pos.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    at = np.asarray(pos.fill_null(0).to_numpy(), dtype=np.int64)
+    codes = np.fromiter(index.values(), dtype=np.int64, count=len(keys))
+    return np.where(found, codes[at] if len(keys) else 0, 0), np.flatnonzero(~found)
+
+
 def _positions(chk, t, name, sec_index, acct_index):
     n = t.num_rows
     where = lambda i: f"{name} row {i + 1} (account {acct_ids[i]!r})"  # noqa: E731
-    acct_ids = _strings(t, "account_id", n)
-    symbols = _strings(t, "symbol", n)
-    kinds_txt = _strings(t, "kind", n)
-    acct = np.zeros(n, dtype=np.int64)
-    sec = np.zeros(n, dtype=np.int32)
-    kind = np.zeros(n, dtype=np.int8)
-    for i in range(n):
-        a = acct_index.get(acct_ids[i])
-        if a is None:
-            chk.add(where(i), "account_id", f"unknown account {acct_ids[i]!r}")
-        else:
-            acct[i] = a
-        s = sec_index.get(symbols[i])
-        if s is None:
-            chk.add(where(i), "symbol", f"unknown symbol {symbols[i]!r}")
-        else:
-            sec[i] = s
-        k = u.KIND_CODES.get(kinds_txt[i])
-        if k is None:
-            chk.add(where(i), "kind", f"{kinds_txt[i]!r} is not collateral, financed or short")
-        else:
-            kind[i] = k
+    acct_ids = _LazyStrings(t, "account_id")
+    acct, bad_a = _lookup(t, "account_id", acct_index, n)
+    sec, bad_s = _lookup(t, "symbol", sec_index, n)
+    kind, bad_k = _lookup(t, "kind", u.KIND_CODES, n)
+    symbols, kinds_txt = _LazyStrings(t, "symbol"), _LazyStrings(t, "kind")
+    for i in bad_a[:MAX_LISTED_PER_CHECK]:
+        chk.add(where(i), "account_id", f"unknown account {acct_ids[i]!r}")
+    for i in bad_s[:MAX_LISTED_PER_CHECK]:
+        chk.add(where(i), "symbol", f"unknown symbol {symbols[i]!r}")
+    for i in bad_k[:MAX_LISTED_PER_CHECK]:
+        chk.add(where(i), "kind", f"{kinds_txt[i]!r} is not collateral, financed or short")
+    for bad, field_ in ((bad_a, "account_id"), (bad_s, "symbol"), (bad_k, "kind")):
+        if bad.shape[0] > MAX_LISTED_PER_CHECK:
+            chk.add(where(int(bad[MAX_LISTED_PER_CHECK])), field_,
+                    f"(and {bad.shape[0] - MAX_LISTED_PER_CHECK - 1} more rows like it)")
+    acct = acct.astype(np.int64)
+    sec = sec.astype(np.int32)
+    kind = kind.astype(np.int8)
     qty, miss_q = _ints(chk, t, "qty", n, where, required=True)
     chk.rows(where, np.flatnonzero(~miss_q & (qty <= 0)), "qty", "must be a positive integer")
     fin_cost, ok_fc, miss_fc = _fixed(chk, t, "financed_cost", n, u.MONEY_SCALE, where,

@@ -116,10 +116,22 @@ class Monitor:
             await asyncio.sleep(0)
 
     async def _heartbeat_loop(self) -> None:
+        beats = 0
+        last_ticks = 0
         while True:
             await asyncio.sleep(self.cfg.heartbeat_s)
             self._wake.set()  # lets call deadlines expire even with a silent feed
             s = self.summary()
+            beats += 1
+            if beats % 5 == 0:  # a console pulse for whoever runs it by hand
+                t = s["tiers"]
+                ticks = s["feed"]["ticks_accepted"]
+                log.info("FL %d  MC %d  WARN %d | %.0f ticks/s, %d rejected | last cycle %.1f ms"
+                         " (%s) | %d events", t["FORCED_LIQUIDATION"], t["MARGIN_CALL"],
+                         t["WARNING"], (ticks - last_ticks) / (5 * self.cfg.heartbeat_s),
+                         sum(s["feed"]["rejected"].values()), s["last_cycle"]["ms"],
+                         s["last_cycle"]["path"], self.events_emitted)
+                last_ticks = ticks
             if self.outbox is not None:
                 self.outbox.publish_summary(s)
             if self.server is not None:

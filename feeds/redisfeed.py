@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -54,14 +55,15 @@ def split_redis_spec(spec: str) -> tuple[str, str, str]:
     return conn, stream, parts.query
 
 
-class RedisFeed(BaseFeed):
-    def __init__(self, universe, url: str, stream: str, *, start: str = "$",
-                 block_ms: int = 1000, count: int = 1000, field: str = "data",
-                 backoff_initial: float = 0.1, backoff_max: float = 5.0,
-                 connect_timeout: float = 2.0, socket_timeout: float | None = None,
-                 name: str | None = None, max_message_bytes: int = 1 << 20):
-        super().__init__(universe, name=name or f"{mask_url(url)}/{stream}",
-                         max_message_bytes=max_message_bytes)
+class StreamReader:
+    """XREAD BLOCK over one stream with resume-after-last-id and capped backoff; yields the
+    `field` payload of each entry (None when an entry lacks it). Shared by the tick feed and
+    the account-event source."""
+
+    def __init__(self, url: str, stream: str, *, start: str = "$", block_ms: int = 1000,
+                 count: int = 1000, field: str = "data", backoff_initial: float = 0.1,
+                 backoff_max: float = 5.0, connect_timeout: float = 2.0,
+                 socket_timeout: float | None = None, name: str = ""):
         self.url = url
         self.stream = stream
         self.start = start
@@ -72,9 +74,99 @@ class RedisFeed(BaseFeed):
         self.connect_timeout = connect_timeout
         # a blocked XREAD must not hit the socket timeout
         self.socket_timeout = socket_timeout or self.block_ms / 1000.0 + 10.0
+        self.name = name or f"{mask_url(url)}/{stream}"
         self.last_id: bytes | None = None
         self.connected = False
+        self.closed = False
+        self.reconnects = 0
+        self.connect_failures = 0
         self._connections = 0
+
+    def _client(self) -> Redis:
+        return Redis.from_url(
+            self.url,
+            decode_responses=False,
+            socket_connect_timeout=self.connect_timeout,
+            socket_timeout=self.socket_timeout,
+            retry=Retry(NoBackoff(), 0),  # the reader does its own reconnecting
+            retry_on_timeout=False,
+        )
+
+    async def _resolve_start(self, client: Redis) -> bytes:
+        if self.start != "$":
+            return b"0-0" if self.start in ("0", "0-0") else self.start.encode()
+        last = await client.xrevrange(self.stream, count=1)
+        return last[0][0] if last else b"0-0"
+
+    async def payloads(self) -> AsyncIterator[list]:
+        fkey = self.field
+        while not self.closed:
+            client = None
+            try:
+                client = self._client()
+                await client.ping()
+                self._connections += 1
+                if self._connections > 1:
+                    self.reconnects += 1
+                    log.info("%s: reconnected, resuming after %s", self.name,
+                             self.last_id.decode() if self.last_id else "start")
+                self.connected = True
+                if self.last_id is None:
+                    self.last_id = await self._resolve_start(client)
+                while not self.closed:
+                    resp = await client.xread({self.stream: self.last_id},
+                                              count=self.count, block=self.block_ms)
+                    if not resp:
+                        continue
+                    entries = (resp[0][1] if isinstance(resp, list)
+                               else next(iter(resp.values()))[0])
+                    if not entries:
+                        continue
+                    self.last_id = entries[-1][0]
+                    self.backoff.reset()
+                    yield [fields.get(fkey) for _id, fields in entries]
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.connect_failures += 1
+                log.warning("%s: connection lost or refused: %s", self.name,
+                            type(exc).__name__)
+            finally:
+                self.connected = False
+                if client is not None:
+                    try:
+                        await client.aclose()
+                    except Exception:  # already broken; nothing to release
+                        pass
+            if self.closed:
+                break
+            await asyncio.sleep(self.backoff.next())
+
+
+class RedisFeed(BaseFeed):
+    def __init__(self, universe, url: str, stream: str, *, start: str = "$",
+                 block_ms: int = 1000, count: int = 1000, field: str = "data",
+                 backoff_initial: float = 0.1, backoff_max: float = 5.0,
+                 connect_timeout: float = 2.0, socket_timeout: float | None = None,
+                 name: str | None = None, max_message_bytes: int = 1 << 20):
+        super().__init__(universe, name=name or f"{mask_url(url)}/{stream}",
+                         max_message_bytes=max_message_bytes)
+        self.reader = StreamReader(url, stream, start=start, block_ms=block_ms, count=count,
+                                   field=field, backoff_initial=backoff_initial,
+                                   backoff_max=backoff_max, connect_timeout=connect_timeout,
+                                   socket_timeout=socket_timeout, name=self.name)
+        self.url = url
+        self.stream = stream
+
+    @property
+    def last_id(self) -> bytes | None:
+        return self.reader.last_id
+
+    @property
+    def connected(self) -> bool:
+        return self.reader.connected
+
+    def stats(self):
+        return replace(super().stats(), reconnects=self.reader.reconnects,
+                       connect_failures=self.reader.connect_failures)
 
     @classmethod
     def from_spec(cls, spec: str, universe, **kw) -> RedisFeed:
@@ -86,66 +178,17 @@ class RedisFeed(BaseFeed):
     def __repr__(self) -> str:
         return f"<RedisFeed {self.name} last_id={self.last_id!r}>"
 
-    def _client(self) -> Redis:
-        return Redis.from_url(
-            self.url,
-            decode_responses=False,
-            socket_connect_timeout=self.connect_timeout,
-            socket_timeout=self.socket_timeout,
-            retry=Retry(NoBackoff(), 0),  # the feed does its own reconnecting
-            retry_on_timeout=False,
-        )
-
-    async def _resolve_start(self, client: Redis) -> bytes:
-        if self.start != "$":
-            return b"0-0" if self.start in ("0", "0-0") else self.start.encode()
-        last = await client.xrevrange(self.stream, count=1)
-        return last[0][0] if last else b"0-0"
+    async def aclose(self) -> None:
+        self.reader.closed = True
+        await super().aclose()
 
     async def batches(self) -> AsyncIterator[TickBatch]:
-        fkey = self.field
         try:
-            while not self.closed:
-                client = None
-                try:
-                    client = self._client()
-                    await client.ping()
-                    self._connections += 1
-                    if self._connections > 1:
-                        self.reconnects += 1
-                        log.info("%s: reconnected, resuming after %s", self.name,
-                                 self.last_id.decode() if self.last_id else "start")
-                    self.connected = True
-                    if self.last_id is None:
-                        self.last_id = await self._resolve_start(client)
-                    while not self.closed:
-                        resp = await client.xread({self.stream: self.last_id},
-                                                  count=self.count, block=self.block_ms)
-                        if not resp:
-                            continue
-                        entries = (resp[0][1] if isinstance(resp, list)
-                                   else next(iter(resp.values()))[0])
-                        if not entries:
-                            continue
-                        self.last_id = entries[-1][0]
-                        self.backoff.reset()
-                        batch = self.parser.parse_many(
-                            [fields.get(fkey) for _id, fields in entries], time.time_ns())
-                        if len(batch):
-                            yield batch
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    self.connect_failures += 1
-                    log.warning("%s: connection lost or refused: %s", self.name,
-                                type(exc).__name__)
-                finally:
-                    self.connected = False
-                    if client is not None:
-                        try:
-                            await client.aclose()
-                        except Exception:  # already broken; nothing to release
-                            pass
+            async for payloads in self.reader.payloads():
                 if self.closed:
                     break
-                await asyncio.sleep(self.backoff.next())
+                batch = self.parser.parse_many(payloads, time.time_ns())
+                if len(batch):
+                    yield batch
         finally:
             await self.aclose()

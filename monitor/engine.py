@@ -21,6 +21,7 @@ from kernels.conflate import conflate, take_pending, triggers
 from kernels.incremental import apply_price_changes, holders_touched, retier_accounts
 from kernels.ratios import collect_changes, sweep_tiers
 
+from .account_events import AccountEventError, AccountEvents
 from .calls import MarginCalls
 from .state import MarginState, yuan
 
@@ -51,7 +52,7 @@ class Engine:
         self.state = state
         self.config = config or EngineConfig()
         self.run_id = self.config.run_id or uuid.uuid4().hex[:12]
-        b, h = state.book, state.h
+        b = state.book
         n, ns = b.n_accounts, b.n_securities
         self.reported = np.full(n, u.UNSET_TIER, dtype=np.int8)
         # per-cycle buffers, allocated once
@@ -71,9 +72,10 @@ class Engine:
         self._prices = np.empty(ns, dtype=np.int64)
         self.old_price = state.price.copy()
         self.last_ts = np.zeros(ns, dtype=np.int64)  # exchange time of each symbol's last price
-        self.n_rows = max(h.n_rows, 1)
         self.seq = 0
         self.calls = MarginCalls(self.config.call_days, self.config.holidays)
+        self.account_events = AccountEvents(state) if b.pos_used is not None else None
+        self._one = np.empty(1, dtype=np.int64)
         self.last_cycle = CycleStats()
         self.cycles = 0
         self.sweeps = 0
@@ -122,7 +124,7 @@ class Engine:
             secs, prices = self._secs[:k], self._prices[:k]
             self.last_ts[secs] = self._pending_ts[secs]
             rows = holders_touched(secs, k, h.long_hptr, h.short_hptr)
-            if rows > self.config.sweep_share * self.n_rows:
+            if rows > self.config.sweep_share * max(h.n_rows, 1):
                 stats.path = "sweep"
                 self.sweeps += 1
                 st.price[secs] = prices
@@ -165,6 +167,38 @@ class Engine:
         stats.ns = time.perf_counter_ns() - t0
         self.last_cycle = stats
         self.cycles += 1
+        return events
+
+    def apply_account_event(self, ev: dict, now_ns: int) -> list[dict]:
+        """Apply one account event (a fill, a deposit, ...) and re-tier the accounts it moved.
+        Raises AccountEventError, leaving the book unchanged, when the event is invalid."""
+        if self.account_events is None:
+            raise AccountEventError("read_only", "this engine's book is read-only "
+                                    "(build its MarginState with live=True)")
+        accounts = self.account_events.apply(ev)
+        if not accounts:
+            return []
+        events = self._account_event_transitions(ev, accounts, now_ns)
+        events.extend(self._call_lifecycle(now_ns))  # a deposit may cure a call at once
+        return events
+
+    def _account_event_transitions(self, ev, accounts, now_ns) -> list[dict]:
+        st, h, b = self.state, self.state.h, self.state.book
+        idx = np.asarray(accounts, dtype=np.int64)
+        n = retier_accounts(idx, idx.shape[0], h.base_assets, h.base_liabilities, st.long_mv,
+                            st.short_mv, b.profile_of, b.profile_lines,
+                            self.config.hysteresis_bp, self.reported, self._previous,
+                            self._changed)
+        if n == 0:
+            return []
+        ts = ev.get("ts")
+        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else now_ns
+        events = self._events(self._changed[:n].copy(), self._previous[:n].copy(),
+                              np.full(n, -1, dtype=np.int64), ts, now_ns)
+        trigger = {"event": ev["type"], "event_id": ev.get("event_id")}
+        for e in events:
+            if e["kind"] == "TIER_CHANGE":
+                e["trigger"] = trigger
         return events
 
     # ------------------------------------------------------------------ events

@@ -16,12 +16,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter, deque
 
 import numpy as np
 
+from feeds.account_events import open_events
 from feeds.base import open_feed
 from feeds.universe import Universe
 
+from .account_events import AccountEventError
 from .book import Book
 from .config import RunConfig
 from .engine import Engine, EngineConfig
@@ -48,12 +51,16 @@ class Monitor:
         self.cfg = cfg
         self.book = book
         self.metrics = Metrics()
-        self.state = MarginState(book)
+        self.state = MarginState(book, live=True)
         self.engine = Engine(self.state, EngineConfig(
             hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share,
             call_days=cfg.call_days, holidays=cfg.holiday_dates))
         self.universe = universe_of(book)
         self.feed = open_feed(cfg.feed, self.universe)
+        self.event_source = open_events(cfg.events) if cfg.events else None
+        self._account_events: deque = deque()  # applied in order before the next tick cycle
+        self.event_rejects: Counter = Counter()
+        self._events_done = self.event_source is None
         self.redis_url = redis_url if redis_url is not None else cfg.redis
         self.outbox = None
         self.server = None
@@ -65,9 +72,38 @@ class Monitor:
         self.events_emitted = 0
 
     # ------------------------------------------------------------------ tasks
+    async def _events_loop(self) -> None:
+        try:
+            async for evs in self.event_source.batches():
+                self._account_events.extend(evs)
+                self._wake.set()
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("account events %s failed", self.event_source.name)
+        finally:
+            self._events_done = True
+            self._wake.set()
+
+    def _apply_account_events(self) -> None:
+        q = self._account_events
+        while q:
+            ev = q.popleft()
+            try:
+                self._publish(self.engine.apply_account_event(ev, time.time_ns()))
+            except AccountEventError as e:
+                self.event_rejects[e.reason] += 1
+                n = self.event_rejects[e.reason]
+                if n <= 5 or n % 1000 == 0:
+                    log.warning("account event rejected (%s, %d so far): %s", e.reason, n, e)
+
     async def _feed_loop(self) -> None:
         try:
             async for batch in self.feed.batches():
+                if batch.events:  # scenario events (suspensions) travel with the ticks
+                    self._account_events.extend(batch.events)
+                    self._wake.set()
                 if len(batch):
                     if self._oldest_recv_ns == 0:
                         self._oldest_recv_ns = batch.recv_ns
@@ -99,6 +135,8 @@ class Monitor:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._account_events:
+                self._apply_account_events()
             if self.engine.pending:
                 oldest = self._oldest_recv_ns
                 self._oldest_recv_ns = 0
@@ -111,7 +149,8 @@ class Monitor:
                     self.metrics.tick_to_event.observe((time.time_ns() - oldest) / 1e9)
             else:
                 self._publish(self.engine.cycle(time.time_ns()))  # deadlines of open calls
-            if self._feed_done and not self.engine.pending:
+            if self._feed_done and self._events_done and not self.engine.pending \
+                    and not self._account_events:
                 return
             await asyncio.sleep(0)
 
@@ -145,6 +184,10 @@ class Monitor:
         s["feed"]["lag_s"] = ((now - fs.last_message_ns) / 1e9) if fs.last_message_ns else None
         stale = fs.staleness_s(now)
         s["feed"]["stale_symbols_60s"] = int(np.sum(~np.isnan(stale) & (stale > 60)))
+        if self.event_source is not None:
+            s["account_events"] = {**self.event_source.stats(),
+                                   "applied": self.engine.account_events.applied,
+                                   "rejected": dict(self.event_rejects)}
         for reason, n in fs.rejected.items():
             self.metrics.rejected.labels(reason).set(n)
         for name, n in s["tiers"].items():
@@ -198,6 +241,8 @@ class Monitor:
                  self.events_emitted)
         cycle = asyncio.create_task(self._cycle_loop(), name="cycle")
         feed = asyncio.create_task(self._feed_loop(), name="feed")
+        if self.event_source is not None:
+            tasks.append(asyncio.create_task(self._events_loop(), name="account-events"))
         beat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         stop = asyncio.create_task(self._stopping.wait(), name="stop")
         try:
@@ -212,6 +257,9 @@ class Monitor:
                 t.cancel()
             with contextlib.suppress(Exception):
                 await self.feed.aclose()
+            if self.event_source is not None:
+                with contextlib.suppress(Exception):
+                    await self.event_source.aclose()
             if self.outbox is not None:
                 self._final_summary()
                 if not await self.outbox.drain(timeout=30):

@@ -22,7 +22,7 @@ from kernels.margin import available_margin_balance
 from kernels.ratios import plain_tiers, sweep, tier_of
 from kernels.stress import distances, stress_ratio
 
-from .book import Book, Holdings
+from .book import BOOK_SLOTS, Book, Holdings
 
 
 @dataclass(slots=True)
@@ -60,7 +60,13 @@ class MarginState:
     """Book + holdings + live prices and market values. Owned by one thread (the engine)."""
 
     def __init__(self, book: Book, holdings: Holdings | None = None,
-                 costs: PlanCosts | None = None, group_rank: np.ndarray | None = None):
+                 costs: PlanCosts | None = None, group_rank: np.ndarray | None = None,
+                 live: bool = False):
+        """`live=True`: a private copy of the book with free rows, for account events to
+        change (monitor/ledger.py); otherwise the book is read as loaded."""
+        if live:
+            book = book.with_slack(BOOK_SLOTS)
+            holdings = Holdings.from_book(book, slack=True)
         self.book = book
         self.h = holdings or Holdings.from_book(book)
         self.price = book.price.copy()
@@ -143,10 +149,11 @@ class MarginState:
         ]
 
     def plan(self, a: int) -> tuple[list[dict], float | None, float]:
-        """Lot-rounded liquidation plan: (orders, ratio_after, residual value still needed)."""
-        b, h = self.book, self.h
-        A = np.int64(h.base_assets[a] + self.long_mv[a])
-        L = np.int64(h.base_liabilities[a] + self.short_mv[a])
+        """Lot-rounded liquidation plan: (orders, ratio_after, residual value still needed).
+
+        Simulated on the account's cash, interest, principal and other debt / collateral
+        (kernels/liquidation.py), so `ratio_after` is what the orders really leave."""
+        b = self.book
         target = np.int64(self.lines(a)[u.LINE_TARGET])
         n = int(b.pos_ptr[a + 1] - b.pos_ptr[a])
         sell_blocked = np.zeros(b.n_securities, dtype=np.bool_)
@@ -157,9 +164,10 @@ class MarginState:
         out_side = np.zeros(max(n, 1), dtype=np.int64)
         out_qty = np.zeros(max(n, 1), dtype=np.int64)
         out_value = np.zeros(max(n, 1), dtype=np.int64)
-        rows, A2, L2 = plan_account(a, A, L, target, b.pos_ptr, b.pos_sec, b.pos_kind,
-                                    b.pos_qty, b.pos_cost, self.price, b.prev_close, b.haircut,
-                                    b.lot, self.step, sell_blocked, buy_blocked,
+        rows, A2, L2 = plan_account(a, b.cash[a], b.accrued[a], b.other_debt[a],
+                                    b.other_collateral[a], target, b.pos_ptr, b.pos_sec,
+                                    b.pos_kind, b.pos_qty, b.pos_cost, self.price, b.prev_close,
+                                    b.haircut, b.lot, self.step, sell_blocked, buy_blocked,
                                     float(self.costs.sell), float(self.costs.buy),
                                     self.group_rank, out_sec, out_side, out_qty, out_value)
         orders = [{"symbol": b.symbols[int(out_sec[r])],

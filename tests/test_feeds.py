@@ -80,7 +80,7 @@ def test_open_feed_specs(universe, tmp_path):
     assert isinstance(f, WebSocketFeed)
     f = open_feed("redis://user:s3cret@127.0.0.1:6390/2/md:ticks?start=0&block_ms=50", universe)
     assert isinstance(f, RedisFeed)
-    assert (f.stream, f.start, f.block_ms) == ("md:ticks", "0", 50)
+    assert (f.stream, f.reader.start, f.reader.block_ms) == ("md:ticks", "0", 50)
     assert "s3cret" not in f.name and "s3cret" not in repr(f) and "***" in f.name
     with pytest.raises(ValueError) as e:
         open_feed("kafka://user:s3cret@host/x", universe)

@@ -28,6 +28,7 @@ def monitor_proc(redis_fresh, tmp_path):
     port = free_port()
     cmd = [sys.executable, "-m", "monitor.cli", "run", "--book", str(SAMPLE),
            "--feed", f"{redis_fresh.url}/ticks?block_ms=100",
+           "--events", f"{redis_fresh.url}/acct?block_ms=100",
            "--redis", redis_fresh.url, "--alerts-stream", "it:alerts",
            "--listen", f"127.0.0.1:{port}", "--token-file", str(tok)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -83,12 +84,20 @@ async def test_replayed_ticks_give_the_expected_transitions_on_both_outputs(moni
         xadd(r, {"symbol": "600000.SH", "price": 12.00, "ts": t0 + 3})  # 1.30: inside the band
         xadd(r, {"symbol": "600000.SH", "price": 12.10, "ts": t0 + 4})  # 1.3108: clears it
         live += await recv_until(ws, lambda g: len(g) >= 1)
+        # account events: an invalid one is rejected, a deposit cures the call
+        r.xadd("acct", {"data": b'{"type": "deposit", "account_id": "NOPE", "amount": "1"}'})
+        r.xadd("acct", {"data": b'{"type": "deposit", "account_id": "C-EXACT130", '
+                                b'"amount": "30000", "event_id": "d1"}'})
+        live += await recv_until(ws, lambda g: len(g) >= 2)
     events = [orjson.loads(x) for x in live]
     assert [(e["kind"], e["account_id"], e["previous_tier"], e["tier"]) for e in events] == [
         ("TIER_CHANGE", "C-EXACT130", "WARNING", "MARGIN_CALL"),
         ("CALL_ISSUED", "C-EXACT130", "MARGIN_CALL", "MARGIN_CALL"),
         ("TIER_CHANGE", "C-EXACT130", "MARGIN_CALL", "WARNING"),
+        ("TIER_CHANGE", "C-EXACT130", "WARNING", "NORMAL"),  # 187300 / 120000 = 1.5608
+        ("CALL_CURED", "C-EXACT130", "NORMAL", "NORMAL"),
     ]
+    assert events[3]["trigger"] == {"event": "deposit", "event_id": "d1"}
     assert events[0]["trigger"] == {"symbol": "600000.SH", "price": 10.8}
     assert events[0]["ts_event"] == t0 + 1
     assert events[0]["ratio"] == 1.17 and events[2]["ratio"] == 1.310833
@@ -97,11 +106,11 @@ async def test_replayed_ticks_give_the_expected_transitions_on_both_outputs(moni
     entries = [e[1][b"data"] for e in r.xrange("it:alerts")]
     seqs = [orjson.loads(x)["seq"] for x in entries]
     assert seqs == list(range(1, len(seqs) + 1))  # gap-free, in order
-    start = [orjson.loads(x) for x in entries[:-3]]
+    start = [orjson.loads(x) for x in entries[:-5]]
     assert {e["account_id"] for e in start if e["kind"] == "TIER_CHANGE"} == {
         "C-TV1", "C-TV2", "C-TV3", "C-TV7", "C-TV8", "C-EXACT130", "C-CONSERVATIVE"}
     assert all(e["previous_tier"] is None for e in start if e["kind"] == "TIER_CHANGE")
-    assert entries[-3:] == live
+    assert entries[-5:] == live
     # bad ticks were rejected and counted, not applied
     time.sleep(1.5)  # one heartbeat
     req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
@@ -110,6 +119,8 @@ async def test_replayed_ticks_give_the_expected_transitions_on_both_outputs(moni
     assert 'mm_ticks_rejected{reason="unknown_symbol"} 1.0' in metrics
     assert 'mm_ticks_rejected{reason="non_finite"} 1.0' in metrics
     summary = orjson.loads(r.get("margin:summary"))
+    assert summary["account_events"]["rejected"] == {"unknown_account": 1}
+    assert summary["account_events"]["applied"] == 1
     assert summary["tiers"]["MARGIN_CALL"] == 1  # C-TV2 only; C-EXACT130 is back to WARNING
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0

@@ -1,0 +1,107 @@
+"""Account-event sources: a JSONL file or a Redis stream (entry field `data`), each yielding
+lists of decoded JSON objects in order. Validation against the book happens in the monitor
+(monitor/account_events.py); here only undecodable messages are rejected and counted.
+
+Specs: `PATH` or `jsonl:PATH` (read once, to the end), `redis://[user:pass@]host:port/N/STREAM`
+or `rediss://…` (live; resumes after the last id on reconnect; `?start=0` replays the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+
+from feeds.base import mask_url, parse_params
+from feeds.redisfeed import PARAMS, StreamReader, split_redis_spec
+
+log = logging.getLogger(__name__)
+MAX_EVENT_BYTES = 64 * 1024
+
+
+class EventSource:
+    def __init__(self, name: str):
+        self.name = name
+        self.received = 0
+        self.malformed = 0
+        self.closed = False
+
+    def _decode(self, raw) -> object | None:
+        self.received += 1
+        if raw is None or len(raw) > MAX_EVENT_BYTES:
+            self.malformed += 1
+            return None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.malformed += 1
+            if self.malformed <= 5 or self.malformed % 1000 == 0:
+                log.warning("%s: undecodable account event (%d so far)", self.name,
+                            self.malformed)
+            return None
+
+    def batches(self) -> AsyncIterator[list]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def stats(self) -> dict:
+        return {"name": self.name, "received": self.received, "malformed": self.malformed}
+
+
+class FileEvents(EventSource):
+    def __init__(self, path: str, batch: int = 1000):
+        super().__init__(f"events:{Path(path).name}")
+        self.path = Path(path)
+        self.batch = batch
+        if not self.path.exists():
+            raise ValueError(f"account events: no such file {path!r}")
+
+    async def batches(self) -> AsyncIterator[list]:
+        out = []
+        with self.path.open("rb") as f:
+            for line in f:
+                if self.closed:
+                    return
+                if not line.strip():
+                    continue
+                ev = self._decode(line)
+                if ev is not None:
+                    out.append(ev)
+                if len(out) >= self.batch:
+                    yield out
+                    out = []
+                    await asyncio.sleep(0)
+        if out:
+            yield out
+
+
+class RedisEvents(EventSource):
+    def __init__(self, url: str, stream: str, **kw):
+        super().__init__(f"events:{mask_url(url)}/{stream}")
+        self.reader = StreamReader(url, stream, name=self.name, **kw)
+
+    async def batches(self) -> AsyncIterator[list]:
+        async for payloads in self.reader.payloads():
+            if self.closed:
+                return
+            evs = [ev for ev in map(self._decode, payloads) if ev is not None]
+            if evs:
+                yield evs
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.reader.closed = True
+
+
+def open_events(spec: str) -> EventSource:
+    if spec.startswith(("redis://", "rediss://")):
+        conn, stream, query = split_redis_spec(spec)
+        return RedisEvents(conn, stream, **parse_params(query, PARAMS, "account events"))
+    if spec.startswith("jsonl:"):
+        spec = spec[len("jsonl:"):]
+    return FileEvents(spec)

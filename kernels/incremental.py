@@ -7,7 +7,11 @@ accounts are deduplicated with a caller-owned mark array, so nothing is allocate
 import numba as nb
 import numpy as np
 
-from .ratios import next_reported_tier
+from .ratios import _line_mode, _next_tier_bf, _tiers
+from .units import LINE_MARGIN_CALL, LINE_NORMAL, LINE_WARNING, LINE_WITHDRAWABLE
+
+_RETIER_BLOCK = 512  # accounts gathered per block by retier_accounts
+_RETIER_SMALL = 64  # below this many accounts, one plain loop (no block set-up)
 
 
 @nb.njit(cache=True)
@@ -20,7 +24,21 @@ def holders_touched(secs, n, long_hptr, short_hptr):
     return total
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
+def _apply_holders(acct, qty, dp, mv, mark, touched_out, k):
+    """mv[acct[j]] += qty[j] * dp for the holders of one security; list first touches."""
+    for j in range(acct.shape[0]):
+        a = acct[j]
+        u = np.uintp(a)  # holder indices are >= 0: unsigned indexing skips the wraparound fix-up
+        mv[u] += qty[j] * dp
+        if mark[u] == 0:
+            mark[u] = 1
+            touched_out[k] = a
+            k += 1
+    return k
+
+
+@nb.njit(cache=True, error_model="numpy")
 def apply_price_changes(
     secs,
     new_prices,
@@ -48,26 +66,18 @@ def apply_price_changes(
         if dp == 0:
             continue
         price[s] = new_prices[i]
-        for j in range(long_hptr[s], long_hptr[s + 1]):
-            a = long_hacct[j]
-            long_mv[a] += long_hqty[j] * dp
-            if mark[a] == 0:
-                mark[a] = 1
-                touched_out[k] = a
-                k += 1
-        for j in range(short_hptr[s], short_hptr[s + 1]):
-            a = short_hacct[j]
-            short_mv[a] += short_hqty[j] * dp
-            if mark[a] == 0:
-                mark[a] = 1
-                touched_out[k] = a
-                k += 1
+        lo, hi = long_hptr[s], long_hptr[s + 1]
+        k = _apply_holders(long_hacct[lo:hi], long_hqty[lo:hi], dp, long_mv, mark,
+                           touched_out, k)
+        lo, hi = short_hptr[s], short_hptr[s + 1]
+        k = _apply_holders(short_hacct[lo:hi], short_hqty[lo:hi], dp, short_mv, mark,
+                           touched_out, k)
     for i in range(k):
-        mark[touched_out[i]] = 0
+        mark[np.uintp(touched_out[i])] = 0
     return k
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def retier_accounts(
     accounts,
     n,
@@ -82,21 +92,66 @@ def retier_accounts(
     previous_out,
     changed_out,
 ):
-    """Re-tier `accounts[:n]` with hysteresis; commit and list those whose reported tier moves."""
+    """Re-tier `accounts[:n]` with hysteresis; commit and list those whose reported tier moves.
+
+    Works in blocks of _RETIER_BLOCK accounts: first a plain gather of each account's amounts,
+    tier and profile (independent loads, so many cache misses overlap), then the sweep's
+    vectorised tier loop over the block, then the commit in order. An account listed twice in
+    one block is re-evaluated against the tier its first occurrence committed, exactly as a
+    one-by-one loop would."""
+    band = np.int64(band_bp)
+    if n < _RETIER_SMALL:  # a few accounts: skip the block set-up
+        k = 0
+        for i in range(n):
+            a = accounts[i]
+            u = np.uintp(a)
+            r = reported[u]
+            p = np.uintp(profile_of[u])
+            c = _next_tier_bf(r, base_assets[u] + long_mv[u], base_liabilities[u] + short_mv[u],
+                              profile_lines[p, LINE_WITHDRAWABLE], profile_lines[p, LINE_NORMAL],
+                              profile_lines[p, LINE_WARNING], profile_lines[p, LINE_MARGIN_CALL],
+                              band)
+            if c != r:
+                changed_out[k] = a
+                previous_out[k] = r
+                reported[u] = c
+                k += 1
+        return k
+    mode, sel, packed = _line_mode(profile_lines)
+    m = _RETIER_BLOCK
+    assets = np.empty(m, dtype=np.int64)
+    liabilities = np.empty(m, dtype=np.int64)
+    zeros = np.zeros(m, dtype=np.int64)
+    rep = np.empty(m, dtype=np.int8)
+    prof = np.empty(m, dtype=profile_of.dtype)
+    cand = np.empty(m, dtype=np.int8)
     k = 0
-    for i in range(n):
-        a = accounts[i]
-        r = reported[a]
-        c = next_reported_tier(
-            r,
-            base_assets[a] + long_mv[a],
-            base_liabilities[a] + short_mv[a],
-            profile_lines[profile_of[a]],
-            band_bp,
-        )
-        if c != r:
-            changed_out[k] = a
-            previous_out[k] = r
-            reported[a] = c
-            k += 1
+    for i0 in range(0, n, m):
+        acc = accounts[i0:min(n, i0 + m)]
+        b = acc.shape[0]
+        for t in range(b):
+            u = np.uintp(acc[t])  # account indices are >= 0: no wraparound fix-up
+            assets[t] = base_assets[u] + long_mv[u]
+            liabilities[t] = base_liabilities[u] + short_mv[u]
+            rep[t] = reported[u]
+            prof[t] = profile_of[u]
+        _tiers(mode, sel, packed, profile_lines, assets[:b], liabilities[:b], zeros[:b],
+               zeros[:b], prof[:b], band, rep[:b], cand[:b])
+        for t in range(b):
+            a = acc[t]
+            u = np.uintp(a)
+            r = reported[u]
+            c = np.int64(cand[t])
+            if r != rep[t]:  # listed twice in this block: its tier moved meanwhile
+                p = prof[t]
+                c = _next_tier_bf(r, assets[t], liabilities[t],
+                                  profile_lines[p, LINE_WITHDRAWABLE],
+                                  profile_lines[p, LINE_NORMAL],
+                                  profile_lines[p, LINE_WARNING],
+                                  profile_lines[p, LINE_MARGIN_CALL], band)
+            if c != r:
+                changed_out[k] = a
+                previous_out[k] = r
+                reported[u] = c
+                k += 1
     return k

@@ -9,7 +9,7 @@ alerts_maxlen = 1000000
 listen = "127.0.0.1:8765"        # port 0 picks a free port
 token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN in the environment
 hysteresis = "0.005"             # 0.5 percentage points
-sweep_share = 0.15
+sweep_share = 0.08
 call_days = 2
 holidays = ["2026-10-01"]
 spill_dir = "spill"
@@ -45,7 +45,7 @@ class RunConfig:
     token: str = field(default="", repr=False)
     until_feed_ends: bool = False
     hysteresis: str = "0.005"
-    sweep_share: float = 0.15
+    sweep_share: float = 0.08
     call_days: int = 2
     holidays: list[str] = field(default_factory=list)
     spill_dir: str = "spill"

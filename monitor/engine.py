@@ -31,7 +31,7 @@ class EngineConfig:
     hysteresis_bp: int = u.DEFAULT_HYSTERESIS_BP
     # sweep when the changed symbols' holder rows exceed this share of all rows: an incremental
     # row costs several times a sweep row (random access), see docs/capacity.md
-    sweep_share: float = 0.15
+    sweep_share: float = 0.08
     call_days: int = 2  # margin-call deadline, trading days after the day of issue
     holidays: frozenset[date] = field(default_factory=frozenset)
     run_id: str = ""

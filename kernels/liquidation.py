@@ -1,9 +1,31 @@
 """Liquidation sizing and the lot-rounded liquidation plan (margin-rules.md §4).
 
-Selling `x` of longs and repaying debt, or buying back `x` of shorts with cash, moves assets and
-liabilities by the same `x`; the closed forms below follow. The planner simulates each fill in
-exact integer money (fees rounded up to the money unit), so `ratio_after >= target` is checked
-exactly after lot rounding.
+The closed forms (`liquidation_value`) are §4's: selling `x` of longs and repaying debt, or
+buying back `x` of shorts with cash, moves assets and liabilities by the same `x`.
+
+The planner does not assume that: it simulates every fill on the account's cash, per §1, in
+exact integer money (fees rounded up to the money unit):
+
+- state: cash `C` (negative cash is debt), accrued interest and fees `I`, financed principal
+  `F`, other debt, other collateral, long and short market value;
+  `A = max(C, 0) + other collateral + long MV`,
+  `L = F + I + other debt + short MV + max(−C, 0)`;
+- a long sale of value `v` (fee `f`): `C += v − f`, then the proceeds repay debt from the
+  positive cash, interest first, then principal: `r = min(max(C, 0), v − f, I + F)`, `C −= r`
+  (proceeds first refill negative cash; cash already in the account is not swept);
+- a cover of value `v` (fee `f`): `C −= v + f`, short MV `−= v` (cash below zero becomes debt).
+
+A fill only helps as far as it moves real debt: a sale whose proceeds find no negative cash or
+`I + F` to repay just parks cash, and a cover beyond the cash overdraws it. Each position, in
+policy order, is sized as if it were the last one needed, counting on the later positions of
+the plan to settle the cash it leaves: an overdraft as far as the later sales can refill it,
+idle proceeds as far as the later covers can spend them and need them to reach the target
+(the "projected" excess below, net of the settling fills' fees). A position that cannot reach
+the target is traded up to where it stops helping, or skipped when trading it does not cut the
+shortfall `T·L − A`. Short of the target after one walk of the policy order, the planner walks
+it again over what is left (lot rounding and fees can leave idle cash a cover can still use).
+Whatever is sized, the reported result is the exact simulation. tests/reference.py restates
+all of it in Decimal arithmetic.
 """
 
 import numba as nb
@@ -26,6 +48,9 @@ GROUP_FINANCED = 1
 GROUP_COLLATERAL = 2
 GROUP_OTHER_SHORTS = 3
 DEFAULT_GROUP_RANK = np.array([0, 1, 2, 3], dtype=np.int64)
+# Walks of the policy order: a later walk picks up what lot rounding and fees left (say, idle
+# proceeds of a whole odd lot that can still pay for a cover earlier in the order).
+MAX_PASSES = 4
 
 
 @nb.njit(cache=True)
@@ -59,31 +84,193 @@ def liquidation_value(assets, liabilities, target_bp, sell_cost, buy_cost):
     return need / RATIO_SCALE / den
 
 
+# ---------------------------------------------------------------- lots
+
+
 @nb.njit(cache=True, inline="always")
-def _round_qty(q_need, avail, lot, step):
-    """Smallest order >= q_need on the board's lot grid, or the whole position when that
-    reaches its last round lot (the odd-lot remainder is sold whole)."""
+def _grid_n(avail, lot, step):
+    """Number of admissible order sizes for a holding of `avail` shares: at least one lot, then
+    `step` increments below the last full step, then the whole holding (an odd-lot remainder
+    goes with the last round lot; a holding of at most one lot is traded whole)."""
     if avail <= lot:
-        return avail
-    if q_need <= lot:
-        q = lot
-    else:
-        q = lot + ((q_need - lot + step - 1) // step) * step
-    top = lot + ((avail - lot) // step) * step  # largest order on the grid
-    if q >= top:
-        return avail
-    return q
+        return np.int64(1)
+    top = lot + ((avail - lot) // step) * step  # largest size on the grid
+    return (top - lot) // step + 1
 
 
 @nb.njit(cache=True, inline="always")
-def _fill(is_short, q, p, A, L, sell_cost, buy_cost):
+def _grid_size(i, n, avail, lot, step):
+    if i >= n - 1:
+        return avail
+    return lot + i * step
+
+
+@nb.njit(cache=True, inline="always")
+def _grid_index(q, n, lot, step):
+    """Index of the smallest admissible size >= q (the whole holding when none is smaller)."""
+    if q <= lot:
+        return np.int64(0)
+    return min((q - lot + step - 1) // step, n - 1)
+
+
+# ---------------------------------------------------------------- the cash model
+
+
+@nb.njit(cache=True, inline="always")
+def _fee(v, rate):
+    return np.int64(np.ceil(v * rate)) if rate > 0.0 else np.int64(0)
+
+
+@nb.njit(cache=True, inline="always")
+def _amounts(C, I, F, other_debt, other_coll, long_mv, short_mv):
+    return (max(C, 0) + other_coll + long_mv,
+            F + I + other_debt + short_mv + max(-C, 0))
+
+
+@nb.njit(cache=True, inline="always")
+def _fill(is_short, v, fee, C, I, F):
+    """Cash, interest and principal after one fill of value `v` with fee `fee`."""
+    if is_short:
+        return C - v - fee, I, F
+    C = C + v - fee
+    if C > 0:
+        r = min(C, v - fee, I + F)  # the proceeds repay debt: interest first, then principal
+        ri = min(r, I)
+        return C - r, I - ri, F - (r - ri)
+    return C, I, F
+
+
+@nb.njit(cache=True, inline="always")
+def _projected_excess(is_short, q, p, C, I, F, other_debt, other_coll, long_mv, short_mv,
+                      spare, target_bp, sell_cost, buy_cost):
+    """`A·10⁴ − T·L` (money · bp) after a fill of `q` shares, counting on the later positions to
+    settle up to `spare` of the cash it leaves: later sales refill the overdraft `m` a cover
+    opens (selling about `m` plus their fees of longs), later covers spend the idle proceeds
+    `m` of a sale (buying back about `m` less their fees of shorts)."""
     v = q * p
     if is_short:
-        fee = np.int64(np.ceil(v * buy_cost)) if buy_cost > 0.0 else np.int64(0)
-        return A - v - fee, L - v
-    fee = np.int64(np.ceil(v * sell_cost)) if sell_cost > 0.0 else np.int64(0)
-    repay = min(v - fee, L)
-    return A - fee - repay, L - repay
+        fee = _fee(v, buy_cost)
+        C1, I1, F1 = _fill(True, v, fee, C, I, F)
+        A1, L1 = _amounts(C1, I1, F1, other_debt, other_coll, long_mv, short_mv - v)
+        m = max(min(max(-C1, 0) - max(-C, 0), spare), 0)
+        sold = m + _fee(m + _fee(m, sell_cost), sell_cost)
+        return RATIO_SCALE * (A1 - sold) - target_bp * (L1 - m)
+    fee = _fee(v, sell_cost)
+    C1, I1, F1 = _fill(False, v, fee, C, I, F)
+    A1, L1 = _amounts(C1, I1, F1, other_debt, other_coll, long_mv - v, short_mv)
+    m = max(min(max(C1, 0) - max(C, 0), spare), 0)
+    covered = m - _fee(m, buy_cost)
+    return RATIO_SCALE * (A1 - m) - target_bp * (L1 - covered)
+
+
+@nb.njit(cache=True)
+def _size_order(is_short, avail, p, lot, step, C, I, F, other_debt, other_coll, long_mv,
+                short_mv, later_long, later_short, target_bp, sell_cost, buy_cost):
+    """Shares of one position to trade (0: skip it), in REQUIRED mode.
+
+    The smallest admissible order whose projected excess reaches 0 (R' >= target); when none
+    does, the order where the fill stops helping (the last admissible size whose value is
+    fully used, or the next one, whichever leaves more excess), if it beats not trading."""
+    n = _grid_n(avail, lot, step)
+    if is_short:
+        # cash a cover can use: the positive cash, and what later sales can refill beyond
+        # the overdraft already there
+        spare = max(later_long - max(-C, 0), 0)
+        usable = max(C, 0) + spare
+    else:
+        # proceeds a sale can put to use: refill negative cash, repay I + F, and cash the
+        # later covers need beyond the cash already there (they need at most what covering
+        # alone would take to reach the target: x = (T·L − A)/(T − 1) and its fee)
+        A0, L0 = _amounts(C, I, F, other_debt, other_coll, long_mv, short_mv)
+        cover_need = (target_bp * L0 - RATIO_SCALE * A0 + target_bp - RATIO_SCALE - 1) // (
+            target_bp - RATIO_SCALE)
+        spare = max(min(later_short, cover_need + _fee(cover_need, buy_cost)) - max(C, 0), 0)
+        usable = max(-C, 0) + I + F + spare
+    # i_lo: the last size whose cash effect (cost of a cover, net proceeds of a sale) is
+    # usable in full; monotone in the size, so a binary search finds it
+    lo_i = np.int64(-1)
+    hi_i = n
+    while hi_i - lo_i > 1:
+        mid = (lo_i + hi_i) // 2
+        v = _grid_size(mid, n, avail, lot, step) * p
+        if is_short:
+            inside = v + _fee(v, buy_cost) <= usable
+        else:
+            inside = v - _fee(v, sell_cost) <= usable
+        if inside:
+            lo_i = mid
+        else:
+            hi_i = mid
+    i_lo = lo_i
+    e_lo = np.int64(0)
+    if i_lo >= 0:
+        e_lo = _projected_excess(is_short, _grid_size(i_lo, n, avail, lot, step), p, C, I, F,
+                                 other_debt, other_coll, long_mv, short_mv, spare, target_bp,
+                                 sell_cost, buy_cost)
+    if i_lo >= 0 and e_lo >= 0:
+        # Up to i_lo the fill moves A and L together (§4 with costs): the excess rises with
+        # the size, so the smallest size reaching the target is bracketed and bisected.
+        # Start from the closed form, rounded onto the grid.
+        t = target_bp / RATIO_SCALE
+        den = (t - 1.0 - buy_cost) if is_short else (t * (1.0 - sell_cost) - 1.0)
+        A0, L0 = _amounts(C, I, F, other_debt, other_coll, long_mv, short_mv)
+        x = (target_bp * L0 - RATIO_SCALE * A0) / RATIO_SCALE / den / p
+        q_need = avail if x >= avail else np.int64(np.ceil(x))
+        g = min(_grid_index(q_need, n, lot, step), i_lo)
+        yes = i_lo  # smallest index known to reach
+        no = np.int64(-1)  # largest index known not to (-1: trading nothing)
+        if _projected_excess(is_short, _grid_size(g, n, avail, lot, step), p, C, I, F,
+                             other_debt, other_coll, long_mv, short_mv, spare, target_bp,
+                             sell_cost, buy_cost) >= 0:
+            yes = g
+            d = np.int64(1)
+            while yes - d > no:  # step down, galloping, while a smaller order still reaches
+                j = yes - d
+                if _projected_excess(is_short, _grid_size(j, n, avail, lot, step), p, C, I,
+                                     F, other_debt, other_coll, long_mv, short_mv, spare,
+                                     target_bp, sell_cost, buy_cost) >= 0:
+                    yes = j
+                    d *= 2
+                else:
+                    no = j
+                    break
+        else:
+            no = g
+            d = np.int64(1)
+            while no + d < yes:  # gallop upward to a size that reaches
+                j = no + d
+                if _projected_excess(is_short, _grid_size(j, n, avail, lot, step), p, C, I,
+                                     F, other_debt, other_coll, long_mv, short_mv, spare,
+                                     target_bp, sell_cost, buy_cost) >= 0:
+                    yes = j
+                    break
+                no = j
+                d *= 2
+        while yes - no > 1:
+            mid = (no + yes) // 2
+            if _projected_excess(is_short, _grid_size(mid, n, avail, lot, step), p, C, I, F,
+                                 other_debt, other_coll, long_mv, short_mv, spare, target_bp,
+                                 sell_cost, buy_cost) >= 0:
+                yes = mid
+            else:
+                no = mid
+        return _grid_size(yes, n, avail, lot, step)
+    A0, L0 = _amounts(C, I, F, other_debt, other_coll, long_mv, short_mv)
+    best_q = np.int64(0)
+    best_e = RATIO_SCALE * A0 - target_bp * L0  # not trading
+    if i_lo >= 0 and e_lo > best_e:
+        best_q = _grid_size(i_lo, n, avail, lot, step)
+        best_e = e_lo
+    if i_lo + 1 < n:
+        q_hi = _grid_size(i_lo + 1, n, avail, lot, step)
+        e_hi = _projected_excess(is_short, q_hi, p, C, I, F, other_debt, other_coll, long_mv,
+                                 short_mv, spare, target_bp, sell_cost, buy_cost)
+        if e_hi >= 0 or e_hi > best_e:
+            return q_hi
+    return best_q
+
+
+# ---------------------------------------------------------------- the plan
 
 
 @nb.njit(cache=True)
@@ -106,7 +293,7 @@ def plan_order(a, pos_ptr, pos_sec, pos_kind, pos_qty, pos_cost, price, prev_clo
         mv = float(pos_qty[j] * price[s])
         k = pos_kind[j]
         if k == SHORT:
-            avg = pos_cost[j] / pos_qty[j]
+            avg = pos_cost[j] / pos_qty[j] if pos_qty[j] > 0 else 0.0
             rise = max(price[s] / avg - 1.0 if avg > 0 else 0.0,
                        price[s] / prev_close[s] - 1.0)
             if rise > 0.0:
@@ -128,67 +315,110 @@ def plan_order(a, pos_ptr, pos_sec, pos_kind, pos_qty, pos_cost, price, prev_clo
 
 
 @nb.njit(cache=True)
-def plan_account(a, assets, liabilities, target_bp, pos_ptr, pos_sec, pos_kind, pos_qty,
-                 pos_cost, price, prev_close, haircut, lot, step, sell_blocked, buy_blocked,
-                 sell_cost, buy_cost, group_rank, out_sec, out_side, out_qty, out_value):
-    """Lot-rounded plan for account `a`. Fills out_* (one row per symbol and side) and returns
-    (rows, assets_after, liabilities_after). Stops as soon as R' >= target; when R <= 1 the
-    target is out of reach and every tradable position is liquidated."""
-    status = liquidation_status(assets, liabilities, target_bp)
+def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_ptr, pos_sec,
+                 pos_kind, pos_qty, pos_cost, price, prev_close, haircut, lot, step,
+                 sell_blocked, buy_blocked, sell_cost, buy_cost, group_rank, out_sec, out_side,
+                 out_qty, out_value):
+    """Lot-rounded plan for account `a` on the cash model (module docstring). Fills out_* (one
+    row per symbol and side) and returns (rows, assets_after, liabilities_after).
+
+    REQUIRED: walk the policy order, skip untradable positions, size each (`_size_order`) and
+    stop as soon as R' >= target; short of it, walk again over what is left (at most
+    MAX_PASSES walks, and only while a walk trades). UNREACHABLE (R <= 1): every tradable
+    position is liquidated whole, in policy order, until nothing is owed."""
+    lo, hi = pos_ptr[a], pos_ptr[a + 1]
+    long_mv = np.int64(0)
+    short_mv = np.int64(0)
+    F = np.int64(0)
+    for j in range(lo, hi):
+        v = pos_qty[j] * price[pos_sec[j]]
+        if pos_kind[j] == SHORT:
+            short_mv += v
+        else:
+            long_mv += v
+        if pos_kind[j] == FINANCED:
+            F += pos_cost[j]
+    C = np.int64(cash)
+    I = np.int64(accrued)
+    A, L = _amounts(C, I, F, other_debt, other_collateral, long_mv, short_mv)
+    status = liquidation_status(A, L, target_bp)
     if status == NOT_REQUIRED:
-        return 0, assets, liabilities
+        return 0, A, L
     full = status == UNREACHABLE_FULL_LIQUIDATION
     order = plan_order(a, pos_ptr, pos_sec, pos_kind, pos_qty, pos_cost, price, prev_close,
                        haircut, group_rank)
-    A = assets
-    L = liabilities
     t = target_bp / RATIO_SCALE
+    sell_helps = t * (1.0 - sell_cost) - 1.0 > 0.0  # else a sale cannot raise R to target
+    cover_helps = t - 1.0 - buy_cost > 0.0
+    m = order.shape[0]
+    left = np.empty(m, dtype=np.int64)  # shares still held, by place in the policy order
+    for k in range(m):
+        left[k] = pos_qty[order[k]]
+    later_long = np.zeros(m + 1, dtype=np.int64)
+    later_short = np.zeros(m + 1, dtype=np.int64)
     rows = 0
-    for j in order:
-        if not full and A * RATIO_SCALE >= target_bp * L:
-            break
-        if L <= 0:
-            break
-        s = pos_sec[j]
-        is_short = pos_kind[j] == SHORT
-        if (is_short and buy_blocked[s]) or (not is_short and sell_blocked[s]):
-            continue
-        p = price[s]
-        avail = pos_qty[j]
-        if full:
-            q = avail
-        else:
-            need = target_bp * L - RATIO_SCALE * A  # > 0, money · bp
-            if is_short:
-                den_f = t - 1.0 - buy_cost
-            else:
-                den_f = t * (1.0 - sell_cost) - 1.0
-            if den_f <= 0.0:
+    for _ in range(MAX_PASSES):
+        # what the positions after each one could settle: net proceeds of the later sales,
+        # cost of the later covers (what is left of them, tradable ones the plan may use)
+        for k in range(m - 1, -1, -1):
+            s = pos_sec[order[k]]
+            v = left[k] * price[s]
+            later_long[k] = later_long[k + 1]
+            later_short[k] = later_short[k + 1]
+            if pos_kind[order[k]] == SHORT:
+                if cover_helps and not buy_blocked[s]:
+                    later_short[k] += v + _fee(v, buy_cost)
+            elif sell_helps and not sell_blocked[s]:
+                later_long[k] += v - _fee(v, sell_cost)
+        traded = False
+        for k in range(m):
+            j = order[k]
+            if not full and A * RATIO_SCALE >= target_bp * L:
+                break
+            if L <= 0:
+                break
+            s = pos_sec[j]
+            is_short = pos_kind[j] == SHORT
+            avail = left[k]
+            if avail <= 0:
                 continue
-            if sell_cost == 0.0 and buy_cost == 0.0:
-                den = (target_bp - RATIO_SCALE) * p
-                q_need = (need + den - 1) // den
+            if (is_short and buy_blocked[s]) or (not is_short and sell_blocked[s]):
+                continue
+            p = price[s]
+            if full:
+                q = avail
             else:
-                q_need = np.int64(np.ceil(need / RATIO_SCALE / den_f / p))
-            q = _round_qty(q_need, avail, lot[s], step[s])
-            for _ in range(100_000):
-                A2, L2 = _fill(is_short, q, p, A, L, sell_cost, buy_cost)
-                if q >= avail or A2 * RATIO_SCALE >= target_bp * L2:
-                    break
-                q = _round_qty(q + 1, avail, lot[s], step[s])
-        A, L = _fill(is_short, q, p, A, L, sell_cost, buy_cost)
-        side = SIDE_BUY_TO_COVER if is_short else SIDE_SELL
-        r = 0
-        while r < rows and not (out_sec[r] == s and out_side[r] == side):
-            r += 1
-        if r == rows:
-            out_sec[r] = s
-            out_side[r] = side
-            out_qty[r] = 0
-            out_value[r] = 0
-            rows += 1
-        out_qty[r] += q
-        out_value[r] += q * p
+                if (is_short and not cover_helps) or (not is_short and not sell_helps):
+                    continue
+                q = _size_order(is_short, avail, p, lot[s], step[s], C, I, F, other_debt,
+                                other_collateral, long_mv, short_mv, later_long[k + 1],
+                                later_short[k + 1], target_bp, sell_cost, buy_cost)
+                if q <= 0:
+                    continue
+            left[k] -= q
+            traded = True
+            v = q * p
+            fee = _fee(v, buy_cost if is_short else sell_cost)
+            C, I, F = _fill(is_short, v, fee, C, I, F)
+            if is_short:
+                short_mv -= v
+            else:
+                long_mv -= v
+            A, L = _amounts(C, I, F, other_debt, other_collateral, long_mv, short_mv)
+            side = SIDE_BUY_TO_COVER if is_short else SIDE_SELL
+            r = 0
+            while r < rows and not (out_sec[r] == s and out_side[r] == side):
+                r += 1
+            if r == rows:
+                out_sec[r] = s
+                out_side[r] = side
+                out_qty[r] = 0
+                out_value[r] = 0
+                rows += 1
+            out_qty[r] += q
+            out_value[r] += v
+        if full or not traded or L <= 0 or A * RATIO_SCALE >= target_bp * L:
+            break
     return rows, A, L
 
 

@@ -16,9 +16,10 @@ Conventions (each one is the spec's, or says where it is a reading of it):
       (the spec leaves both out of the formula; this is the reading the kernels take).
       Withdrawable = max(0, min(C, A − w·L)); everything (all cash) when L = 0.
 - §4  status / x* = (T·L − A)/(T − 1) / shortfall L − A / cure T·L − A and L − A/T.
-      The plan simulator implements the default policy of kernels/liquidation.py on the
-      §4 model "a fill of value v moves A and L by the same v" (a long sale's proceeds repay at
-      most L), with optional sell / buy cost rates (fees rounded up to the li).
+      The plan simulator implements the default policy of kernels/liquidation.py on §1's cash,
+      not on §4's "A and L move by the same x": a sale adds its proceeds (less the fee) to cash,
+      and what of them is positive cash repays I, then F; a cover is paid from cash, which may
+      go negative (then it is debt). Optional sell / buy cost rates (fees rounded up to the li).
 - §5  limit price = prev_close·(1 ± limit) rounded half-up to 0.01; stress moves every long to
       limit-down and every short to limit-up; distance to line b = 1 − (b·L − base_A)/long_MV,
       None when L = 0, when long_MV = 0, when already below b, or when it is >= 1 (no fall
@@ -29,6 +30,8 @@ Money stays exact; reported numbers are rounded only by the caller (`fen`, `pct`
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, localcontext
 
 D = Decimal
@@ -208,7 +211,7 @@ def amounts(book: RefBook, acct: dict, price: dict) -> dict:
     base_l = financed + accrued + max(-cash, ZERO) + other_debt
     return {
         "cash": cash, "accrued": accrued, "other_debt": other_debt, "other_coll": other_coll,
-        "positions": positions, "long_mv": long_mv, "short_mv": short_mv,
+        "positions": positions, "long_mv": long_mv, "short_mv": short_mv, "financed": financed,
         "base_assets": base_a, "base_liabilities": base_l,
         "assets": base_a + long_mv, "liabilities": base_l + short_mv,
     }
@@ -419,67 +422,190 @@ def policy_order(positions: list, price: dict, group_order=(0, 1, 2, 3)) -> list
     return [p for _, _, p in keyed]
 
 
+PLAN_PASSES = 4  # walks of the policy order (kernels/liquidation.py MAX_PASSES)
+
+
 def ceil_li(x: Decimal) -> Decimal:
     return x.quantize(LI, rounding=ROUND_CEILING)
 
 
-def fill(is_short: bool, q: int, px: Decimal, a: Decimal, l: Decimal, sell_cost: Decimal,
-         buy_cost: Decimal) -> tuple[Decimal, Decimal]:
-    """One simulated fill on the §4 model: buying back `v` of a short with cash takes `v` (and
-    the fee) from A and `v` from L; selling `v` of a long repays up to `v − fee` of debt."""
-    v = q * px
-    if is_short:
-        fee = ceil_li(v * buy_cost)
-        return a - v - fee, l - v
-    fee = ceil_li(v * sell_cost)
-    repay = min(v - fee, l)
-    return a - fee - repay, l - repay
+@dataclass(frozen=True)
+class Account:
+    """§1 amounts of one account while a plan is simulated. Negative cash is debt."""
+
+    cash: Decimal
+    accrued: Decimal  # I
+    principal: Decimal  # F, financed principal outstanding
+    other_debt: Decimal
+    other_coll: Decimal
+    long_mv: Decimal
+    short_mv: Decimal
+
+    def assets(self) -> Decimal:
+        return max(self.cash, ZERO) + self.other_coll + self.long_mv
+
+    def liabilities(self) -> Decimal:
+        return (self.principal + self.accrued + self.other_debt + self.short_mv
+                + max(-self.cash, ZERO))
+
+    def excess(self, target: Decimal) -> Decimal:
+        """A − T·L: >= 0 exactly when R >= target."""
+        return self.assets() - target * self.liabilities()
+
+    def sell(self, value: Decimal, fee: Decimal) -> Account:
+        """Sell `value` of a long: the proceeds land in cash (refilling negative cash first);
+        then the proceeds, as far as cash is positive, repay interest, then principal."""
+        proceeds = value - fee
+        cash = self.cash + proceeds
+        repay = min(max(cash, ZERO), proceeds, self.accrued + self.principal)
+        to_interest = min(repay, self.accrued)
+        return replace(self, cash=cash - repay, accrued=self.accrued - to_interest,
+                       principal=self.principal - (repay - to_interest),
+                       long_mv=self.long_mv - value)
+
+    def cover(self, value: Decimal, fee: Decimal) -> Account:
+        """Buy back `value` of a short, paid from cash (cash may go below zero)."""
+        return replace(self, cash=self.cash - value - fee, short_mv=self.short_mv - value)
+
+    def trade(self, is_short: bool, value: Decimal, sell_cost: Decimal,
+              buy_cost: Decimal) -> Account:
+        if is_short:
+            return self.cover(value, ceil_li(value * buy_cost))
+        return self.sell(value, ceil_li(value * sell_cost))
+
+
+def tradable(p: Position, px: Decimal) -> bool:
+    return not (p.sec.buy_blocked(px) if p.is_short else p.sec.sell_blocked(px))
+
+
+def size_order(acct: Account, p: Position, avail: int, px: Decimal, target: Decimal,
+               sell_cost: Decimal, buy_cost: Decimal, later_proceeds: Decimal,
+               later_covers: Decimal) -> int:
+    """Shares of `p` (holding `avail` shares) to trade, 0 for none, when R > 1.
+
+    A fill counts on the later positions of the plan to settle the cash it leaves behind:
+    a cover's overdraft as far as the later sales' proceeds can refill it (after the negative
+    cash already there), a sale's idle proceeds as far as the later covers can spend them and
+    need them to reach the target (after the positive cash already there). Settling moves A
+    and L down together, less the
+    settling fills' fees. The smallest size whose settled excess reaches 0 is taken; else the
+    size where the fill stops helping, if that beats not trading."""
+    sizes = order_sizes(avail, p.sec.lot, p.sec.step)
+    if p.is_short:
+        settle = max(later_proceeds - max(-acct.cash, ZERO), ZERO)
+        usable = max(acct.cash, ZERO) + settle  # cash the cover can put to use
+
+        def cash_effect(q):  # what the cover costs
+            v = q * px
+            return v + ceil_li(v * buy_cost)
+    else:
+        # the later covers need at most what covering alone takes to reach the target
+        x = ceil_li(div(target * acct.liabilities() - acct.assets(), target - ONE))
+        need = x + ceil_li(x * buy_cost)
+        settle = max(min(later_covers, need) - max(acct.cash, ZERO), ZERO)
+        usable = max(-acct.cash, ZERO) + acct.accrued + acct.principal + settle
+
+        def cash_effect(q):  # what the sale brings in
+            v = q * px
+            return v - ceil_li(v * sell_cost)
+
+    def excess(q: int) -> Decimal:
+        after = acct.trade(p.is_short, q * px, sell_cost, buy_cost)
+        if p.is_short:
+            # later sales refill the new overdraft: they sell it and their fees of longs
+            refill = min(max(-after.cash, ZERO) - max(-acct.cash, ZERO), settle)
+            sold = refill + ceil_li((refill + ceil_li(refill * sell_cost)) * sell_cost)
+            return (after.assets() - sold) - target * (after.liabilities() - refill)
+        # later covers spend the new idle cash: they buy back that less their fees of shorts
+        spend = min(max(after.cash, ZERO) - max(acct.cash, ZERO), settle)
+        covered = spend - ceil_li(spend * buy_cost)
+        return (after.assets() - spend) - target * (after.liabilities() - covered)
+
+    # sizes[:n_full]: the sizes whose cash is used in full (the cash effect grows with size)
+    n_full = bisect_right(sizes, usable, key=cash_effect)
+    # No order worth less than the closed form (§4 with costs) reaches the target: costs
+    # rounded up and cash left unused only make it worse. Scan up from there.
+    cost = buy_cost if p.is_short else sell_cost
+    den = target - ONE - cost if p.is_short else target * (ONE - cost) - ONE
+    x = div(target * acct.liabilities() - acct.assets(), den)
+    start = bisect_left(sizes, x, key=lambda q: q * px)
+    for q in sizes[start:n_full]:
+        if excess(q) >= 0:
+            return q
+    if n_full < len(sizes) and excess(sizes[n_full]) >= 0:
+        return sizes[n_full]
+    # Out of reach with this position: trade it up to where it stops helping (the last size
+    # used in full, or the next one if that leaves more excess), unless that does not help.
+    best_q, best = 0, acct.excess(target)
+    for q in sizes[max(n_full - 1, 0):n_full + 1]:
+        e = excess(q)
+        if e > best:
+            best_q, best = q, e
+    return best_q
 
 
 def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cost: Decimal,
          buy_cost: Decimal, group_order=(0, 1, 2, 3)) -> tuple[list, Decimal, Decimal]:
     """Lot-rounded liquidation plan of the default policy: (orders, A after, L after).
 
-    REQUIRED: walk the policy order, skip untradable positions, and take from each the smallest
-    admissible size that brings R' to the target (or all of it); stop once R' >= target.
-    UNREACHABLE: liquidate every tradable position whole, until nothing is owed."""
+    Every fill is simulated on the account's cash (`Account`). REQUIRED: walk the policy
+    order, skip untradable positions, size each one (`size_order`) and stop once R' >= target;
+    short of the target, walk again over what is left, at most PLAN_PASSES times and only while
+    a walk trades. UNREACHABLE: liquidate every tradable position whole, until nothing is owed."""
     status = liquidation_status(a, l, target)
     if status == NOT_REQUIRED:
         return [], a, l
+    acct = Account(cash=m["cash"], accrued=m["accrued"], principal=m["financed"],
+                   other_debt=m["other_debt"], other_coll=m["other_coll"],
+                   long_mv=m["long_mv"], short_mv=m["short_mv"])
+    assert (acct.assets(), acct.liabilities()) == (a, l)
     full = status == UNREACHABLE
+    sell_helps = target * (ONE - sell_cost) - ONE > 0
+    cover_helps = target - ONE - buy_cost > 0
+    order = policy_order(m["positions"], price, group_order)
+    held = [p.qty for p in order]  # shares left, by place in the order
     rows: list[dict] = []
-    for p in policy_order(m["positions"], price, group_order):
-        if not full and a >= target * l:
-            break
-        if l <= 0:
-            break
-        px = price[p.symbol]
-        if (p.sec.buy_blocked(px) if p.is_short else p.sec.sell_blocked(px)):
-            continue
-        if full:
-            q = p.qty
-        else:
-            cost = buy_cost if p.is_short else sell_cost
-            if (target - ONE - cost if p.is_short else target * (ONE - cost) - ONE) <= 0:
-                continue  # costs eat the whole benefit: this side cannot help
-            # No size below the exact cost-free requirement can reach the target (R' rises
-            # with q, and costs only raise the requirement), so the scan starts there.
-            need = div(target * l - a, (target - ONE) * px)
-            q = p.qty
-            a_all, l_all = fill(p.is_short, p.qty, px, a, l, sell_cost, buy_cost)
-            reachable = a_all >= target * l_all  # else no smaller size reaches it either
-            for size in sizes_from(int(need), p.qty, p.sec.lot, p.sec.step) if reachable else ():
-                a2, l2 = fill(p.is_short, size, px, a, l, sell_cost, buy_cost)
-                if a2 >= target * l2:
-                    q = size
-                    break
-        a, l = fill(p.is_short, q, px, a, l, sell_cost, buy_cost)
-        side = "buy_to_cover" if p.is_short else "sell"
-        for r in rows:
-            if r["symbol"] == p.symbol and r["side"] == side:
-                r["qty"] += q
-                r["value"] += q * px
+    for _ in range(PLAN_PASSES):
+        traded = False
+        for k, p in enumerate(order):
+            if not full and acct.excess(target) >= 0:
                 break
-        else:
-            rows.append({"symbol": p.symbol, "side": side, "qty": q, "value": q * px})
-    return rows, a, l
+            if acct.liabilities() <= 0:
+                break
+            px = price[p.symbol]
+            if held[k] == 0 or not tradable(p, px):
+                continue
+            if full:
+                q = held[k]
+            else:
+                if not (cover_helps if p.is_short else sell_helps):
+                    continue  # costs eat the whole benefit: this side cannot help
+                later_proceeds = ZERO
+                later_covers = ZERO
+                for i in range(k + 1, len(order)):
+                    r = order[i]
+                    v = held[i] * price[r.symbol]
+                    if not tradable(r, price[r.symbol]):
+                        continue
+                    if r.is_short and cover_helps:
+                        later_covers += v + ceil_li(v * buy_cost)
+                    elif not r.is_short and sell_helps:
+                        later_proceeds += v - ceil_li(v * sell_cost)
+                q = size_order(acct, p, held[k], px, target, sell_cost, buy_cost,
+                               later_proceeds, later_covers)
+                if q == 0:
+                    continue
+            held[k] -= q
+            traded = True
+            acct = acct.trade(p.is_short, q * px, sell_cost, buy_cost)
+            side = "buy_to_cover" if p.is_short else "sell"
+            for r in rows:
+                if r["symbol"] == p.symbol and r["side"] == side:
+                    r["qty"] += q
+                    r["value"] += q * px
+                    break
+            else:
+                rows.append({"symbol": p.symbol, "side": side, "qty": q, "value": q * px})
+        if full or not traded or acct.liabilities() <= 0 or acct.excess(target) >= 0:
+            break
+    return rows, acct.assets(), acct.liabilities()

@@ -6,8 +6,11 @@
   reported tier is never better than the plain one;
 - scaling every amount of money and every price by an integer leaves ratio, tier, status and the
   plan's quantities unchanged;
-- a plan reaches the target whenever the account needs one and its tradable capacity suffices
-  (and otherwise liquidates everything tradable);
+- a plan's ratio_after is what its orders leave: the account after they fill (cash model),
+  evaluated from scratch;
+- a plan reaches the target whenever the account needs one and liquidating its tradable
+  positions can cut the debt far enough on the cash model (and only then), with costs given a
+  margin for them; when R <= 1 it liquidates everything tradable;
 - an account exactly on a line is in the upper tier (130.00% is WARNING).
 
 Example counts are kept modest so the file runs in well under a minute.
@@ -344,9 +347,7 @@ def test_scaling_money_and_prices_changes_nothing_that_is_a_ratio(doc, k):
 
 def kernel_plan(state: MarginState, a: int):
     """The planner's exact result for account `a`: (rows, A after, L after) in money units."""
-    b, h = state.book, state.h
-    A = np.int64(h.base_assets[a] + state.long_mv[a])
-    L = np.int64(h.base_liabilities[a] + state.short_mv[a])
+    b = state.book
     target = np.int64(state.lines(a)[u.LINE_TARGET])
     n = max(int(b.pos_ptr[a + 1] - b.pos_ptr[a]), 1)
     sell_blocked = np.zeros(b.n_securities, dtype=np.bool_)
@@ -355,52 +356,109 @@ def kernel_plan(state: MarginState, a: int):
         sell_blocked[s] = b.suspended[s] or state.price[s] <= state.limit_down[s]
         buy_blocked[s] = b.suspended[s] or state.price[s] >= state.limit_up[s]
     out = [np.zeros(n, dtype=np.int64) for _ in range(4)]
-    rows, A2, L2 = plan_account(a, A, L, target, b.pos_ptr, b.pos_sec, b.pos_kind, b.pos_qty,
-                                b.pos_cost, state.price, b.prev_close, b.haircut, b.lot,
-                                state.step, sell_blocked, buy_blocked, float(state.costs.sell),
-                                float(state.costs.buy), state.group_rank, *out)
+    rows, A2, L2 = plan_account(a, b.cash[a], b.accrued[a], b.other_debt[a],
+                                b.other_collateral[a], target, b.pos_ptr, b.pos_sec, b.pos_kind,
+                                b.pos_qty, b.pos_cost, state.price, b.prev_close, b.haircut,
+                                b.lot, state.step, sell_blocked, buy_blocked,
+                                float(state.costs.sell), float(state.costs.buy),
+                                state.group_rank, *out)
     return int(rows), int(A2), int(L2), [x[:rows] for x in out]
 
 
+def cash_capacity(doc: dict, acct: dict) -> D:
+    """How far liquidating tradable positions can cut L on the cash model (no costs), whatever
+    the order: every yuan of debt retired needs a yuan to pay it and a debt to take it. Sale
+    proceeds can refill negative cash, repay I + F or pay for covers; cash already in the
+    account can only pay for covers (a sale repays from its own proceeds):
+    min(longs + cash⁺, I + F + cash⁻ + shorts, longs + shorts)."""
+    rb = ref.RefBook(doc)
+    price = {s: sec.price for s, sec in rb.securities.items()}
+    m = ref.amounts(rb, acct, price)
+    longs = shorts = D(0)
+    for p in m["positions"]:
+        if ref.tradable(p, price[p.symbol]):
+            if p.is_short:
+                shorts += p.qty * price[p.symbol]
+            else:
+                longs += p.qty * price[p.symbol]
+    cash = m["cash"]
+    debt = m["accrued"] + m["financed"]
+    return min(longs + max(cash, D(0)), debt + max(-cash, D(0)) + shorts, longs + shorts)
+
+
+def admissible(doc, state, a, acct, sec, side, qty, value):
+    """Orders: only tradable securities, never more than held, sides by kind."""
+    b = state.book
+    held: dict = {}
+    for p in acct["positions"]:
+        key = (b.symbol_index[p["symbol"]], int(p["kind"] == "short"))
+        held[key] = held.get(key, 0) + p["qty"]
+    for s, sd, q, v in zip(sec, side, qty, value, strict=True):
+        assert 0 < q <= held[(int(s), int(sd))]
+        assert v == q * state.price[s]
+        sec_ref = ref.Security(doc["securities"][s])
+        px = sec_ref.price
+        assert not (sec_ref.buy_blocked(px) if sd else sec_ref.sell_blocked(px))
+    return held
+
+
+COSTS = ((0.0, 0.0), (0.001, 0.0015), (0.003, 0.003), (0.0, 0.002))
+
+
 @SETTINGS
-@given(doc=books(max_accounts=6),
-       costs=st.sampled_from(((0.0, 0.0), (0.001, 0.0015), (0.003, 0.003), (0.0, 0.002))))
-def test_plan_reaches_the_target_when_capacity_suffices(doc, costs):
+@given(doc=books(max_accounts=6), costs=st.sampled_from(COSTS),
+       extras=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 10**9)), max_size=6))
+def test_plan_ratio_after_is_the_book_after_its_orders(doc, costs, extras):
+    """Applying the plan's orders to the account (cash model: proceeds to cash, repaying I then
+    F; covers paid from cash) and evaluating it from scratch gives exactly the plan's result.
+    Some accounts carry other debt / other collateral (neither is touched by a fill)."""
+    from test_vectors import reevaluate
+
+    for acct, (debt, coll) in zip(doc["accounts"], extras, strict=False):
+        acct["other_debt"] = yuan_text(debt)
+        acct["other_collateral"] = yuan_text(coll)
     sell, buy = costs
     state = MarginState(book_from_dict(doc), costs=PlanCosts(sell=sell, buy=buy))
-    rb = ref.RefBook(doc)
-    b = state.book
     for a, acct in enumerate(doc["accounts"]):
-        r = rb.evaluate(acct)
         rows, A2, L2, (sec, side, qty, value) = kernel_plan(state, a)
         orders, ratio_after, _ = state.plan(a)
         assert [o["qty"] for o in orders] == qty.tolist()
         assert ratio_after == (round(A2 / L2, 6) if L2 > 0 else None)
+        held = admissible(doc, state, a, acct, sec, side, qty, value)
+        A, L = reevaluate(doc, acct, orders, repr(sell), repr(buy))
+        # a row of two positions of one symbol and side (collateral and financed, or two
+        # shorts) is two fills, each fee rounded up on its own: a li apart per extra position
+        merged = len(acct["positions"]) - len(held)
+        slack = D(merged if sell or buy else 0) / u.MONEY_SCALE
+        assert abs(A - D(A2) / u.MONEY_SCALE) <= slack, (acct["account_id"], A, A2)
+        assert abs(L - D(L2) / u.MONEY_SCALE) <= slack, (acct["account_id"], L, L2)
+        if not slack and L > 0:
+            assert ratio_after == round(float(A / L), 6)
+
+
+@SETTINGS
+@given(doc=books(max_accounts=6))
+def test_plan_reaches_the_target_when_capacity_suffices(doc):
+    """No costs: whenever liquidating the tradable positions can cut L far enough, the plan
+    reaches the target; when the target is out of reach (R <= 1), everything tradable is
+    liquidated."""
+    state = MarginState(book_from_dict(doc))
+    rb = ref.RefBook(doc)
+    for a, acct in enumerate(doc["accounts"]):
+        r = rb.evaluate(acct)
+        rows, A2, L2, (sec, side, qty, value) = kernel_plan(state, a)
         target = int(state.lines(a)[u.LINE_TARGET])
         if r["liquidation_status"] == "NOT_REQUIRED":
             assert rows == 0
             continue
-        # orders: only tradable securities, never more than held, sides by kind
-        held: dict = {}
-        for p in acct["positions"]:
-            key = (b.symbol_index[p["symbol"]], int(p["kind"] == "short"))
-            held[key] = held.get(key, 0) + p["qty"]
-        for s, sd, q, v in zip(sec, side, qty, value, strict=True):
-            assert 0 < q <= held[(int(s), int(sd))]
-            assert v == q * state.price[s]
-            blocked = ref.Security(doc["securities"][s])
-            px = blocked.price
-            assert not (blocked.buy_blocked(px) if sd else blocked.sell_blocked(px))
+        held = admissible(doc, state, a, acct, sec, side, qty, value)
         reached = L2 <= 0 or A2 * u.RATIO_SCALE >= target * L2
         if r["liquidation_status"] == "REQUIRED":
             T = D(target) / u.RATIO_SCALE
-            den = min(T * (1 - D(repr(sell))) - 1, T - 1 - D(repr(buy)))
-            # fees are rounded up to the li on each fill: a li of slack per position
-            need = (T * r["liabilities"] - r["assets"] + T * D("0.001") * len(held)) / den
-            if r["tradable_capacity"] >= need:
-                assert reached, (acct["account_id"], r["tradable_capacity"], need)
-        if not reached:
-            # short of the target: everything tradable was liquidated
+            need = (T * r["liabilities"] - r["assets"]) / (T - 1)  # L must fall by this much
+            assert reached == (cash_capacity(doc, acct) >= need), (
+                acct["account_id"], cash_capacity(doc, acct), need)
+        elif L2 > 0:
             for (s, sd), q in held.items():
                 sec_ref = ref.Security(doc["securities"][s])
                 px = sec_ref.price
@@ -408,6 +466,34 @@ def test_plan_reaches_the_target_when_capacity_suffices(doc, costs):
                     got = sum(int(qq) for ss, dd, qq in zip(sec, side, qty, strict=True)
                               if ss == s and dd == sd)
                     assert got == q, (acct["account_id"], s, sd)
+
+
+@SETTINGS
+@given(doc=books(max_accounts=6), costs=st.sampled_from(COSTS[1:]))
+def test_plan_with_costs_reaches_the_target_when_capacity_suffices(doc, costs):
+    """With costs, a yuan of debt retired may take a sale to pay for a cover, so it costs up to
+    k = (1 + buy)/(1 − sell) of capacity and cuts the shortfall by T − k; lot rounding may add
+    the fee of a lot per position. Capacity beyond that reaches the target."""
+    sell, buy = costs
+    state = MarginState(book_from_dict(doc), costs=PlanCosts(sell=sell, buy=buy))
+    rb = ref.RefBook(doc)
+    cs, cb = D(repr(sell)), D(repr(buy))
+    k = (1 + cb) / (1 - cs)
+    for a, acct in enumerate(doc["accounts"]):
+        r = rb.evaluate(acct)
+        if r["liquidation_status"] != "REQUIRED":
+            continue
+        _, A2, L2, _ = kernel_plan(state, a)
+        target = int(state.lines(a)[u.LINE_TARGET])
+        T = D(target) / u.RATIO_SCALE
+        if T <= k:
+            continue
+        slack = sum((rb.securities[p["symbol"]].lot + rb.securities[p["symbol"]].step)
+                    * rb.securities[p["symbol"]].price * max(cs, cb) * T + D("0.002") * T
+                    for p in acct["positions"])
+        x = (T * r["liabilities"] - r["assets"] + slack) / (T - k)
+        if cash_capacity(doc, acct) >= x * k:
+            assert L2 <= 0 or A2 * u.RATIO_SCALE >= target * L2, (acct["account_id"], A2, L2)
 
 
 @SETTINGS

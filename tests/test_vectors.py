@@ -1,8 +1,12 @@
 """Golden tests: every vector of the spec's vectors.json through the monitor (MarginState, the
-bulk kernels) and through the Decimal reference, against the exact expected values."""
+bulk kernels) and through the Decimal reference, against the exact expected values. Also the
+liquidation planner on hand-worked accounts where cash, not §4's "A and L move by the same x",
+decides what a fill achieves: every plan is re-evaluated from scratch after its orders fill."""
 
 from __future__ import annotations
 
+import copy
+from decimal import ROUND_CEILING
 from decimal import Decimal as D
 
 import numpy as np
@@ -13,7 +17,7 @@ from spec import load_vectors
 
 from kernels import units as u
 from monitor.bookio import book_from_dict
-from monitor.state import MarginState
+from monitor.state import MarginState, PlanCosts
 
 VECTORS = load_vectors()
 PLAN_VECTORS = [v for v in VECTORS if "example_plan" in v["expected"]]
@@ -114,11 +118,16 @@ def test_example_plan_is_reproduced_exactly(v):
     # the value traded covers the sizing formula (lots only round up)
     traded = sum(dec(o["value"]) for o in orders)
     assert traded >= D(e["liquidation_value_to_150"])
-    # value = qty * price, and the ratio after follows from it on the §4 model
+    # value = qty * price; for these accounts every fill moves A and L by its value (§4)
     A, L = money(st.assets()[0]), money(st.liabilities()[0])
     for o in orders:
         assert dec(o["value"]) == o["qty"] * dec(o["price"])
     assert ref.pct(A - traded, L - traded) == D(e["example_plan_ratio_pct_after"])
+    # and the book after the orders fill, evaluated from scratch, has the reported ratio
+    doc = book_from_vector(v)
+    A2, L2 = reevaluate(doc, doc["accounts"][0], orders)
+    assert ref.pct(A2, L2) == D(e["example_plan_ratio_pct_after"])
+    assert ratio_after == round(float(A2 / L2), 6)
 
 
 def test_unreachable_vector_liquidates_everything_and_reports_the_shortfall():
@@ -129,7 +138,10 @@ def test_unreachable_vector_liquidates_everything_and_reports_the_shortfall():
     assert {o["symbol"]: o["qty"] for o in orders} == held
     assert all(o["side"] == "sell" for o in orders)
     # A = 452000 - 450000, L = 508000 - 450000: the shortfall is left, the ratio far below 1
+    # (the sale's proceeds repay I and F; the 2000 of cash already there stays cash)
     assert ratio_after == round(2000 / 58000, 6)
+    doc = book_from_vector(v)
+    assert reevaluate(doc, doc["accounts"][0], orders) == (D(2000), D(58000))
     assert dec(residual) == D(v["expected"]["shortfall_if_fully_liquidated"])
     f = st.figures(0)
     # cure amounts are reported for every account that needs a cure, unreachable ones too
@@ -217,3 +229,192 @@ def test_vectors_through_one_book():
             assert [o["qty"] for o in st.plan(i)[0]] == [
                 o["qty"] for o in v["expected"]["example_plan"]]
     assert np.all(st.liabilities() >= 0)
+
+
+# ---------------------------------------------------------------- plans on the account's cash
+
+
+def reevaluate(doc: dict, acct: dict, orders: list, sell_cost="0", buy_cost="0"):
+    """(A, L) in yuan of `acct` after `orders` fill one after the other at the book's prices,
+    recomputed from scratch (§1) on the changed account.
+
+    A sale: its shares leave the account's long positions; the proceeds less the fee (rounded up
+    to the li) go to cash, and as far as cash is then positive they repay accrued interest, then
+    financed principal. A cover: its shares leave the short position and the value plus the
+    fee is paid from cash, which may go below zero."""
+    rb = ref.RefBook(doc)
+    a = copy.deepcopy(acct)
+    cash = ref.dec(a["cash"])
+    accrued = ref.dec(a.get("accrued_interest_fees") or 0)
+    for o in orders:
+        px = rb.securities[o["symbol"]].price
+        value = o["qty"] * px
+        short = o["side"] == "buy_to_cover"
+        rate = ref.dec(buy_cost if short else sell_cost)
+        fee = (value * rate).quantize(D("0.001"), rounding=ROUND_CEILING)
+        left = o["qty"]
+        for p in a["positions"]:
+            if p["symbol"] == o["symbol"] and (p["kind"] == "short") == short and left:
+                take = min(left, p["qty"])
+                p["qty"] -= take
+                left -= take
+        assert left == 0, o
+        if short:
+            cash -= value + fee
+            continue
+        cash += value - fee
+        repay = min(max(cash, D(0)), value - fee, accrued + sum(
+            ref.dec(p["financed_cost"]) for p in a["positions"] if p["kind"] == "financed"))
+        cash -= repay
+        to_interest = min(repay, accrued)
+        accrued -= to_interest
+        repay -= to_interest
+        for p in a["positions"]:
+            if p["kind"] == "financed" and repay:
+                part = min(repay, ref.dec(p["financed_cost"]))
+                p["financed_cost"] = str(ref.dec(p["financed_cost"]) - part)
+                repay -= part
+    a["cash"] = str(cash)
+    a["accrued_interest_fees"] = str(accrued)
+    price = {s: sec.price for s, sec in rb.securities.items()}
+    m = ref.amounts(rb, a, price)
+    return m["assets"], m["liabilities"]
+
+
+def one_account(cash, positions, securities, accrued="0"):
+    return {"securities": securities,
+            "accounts": [{"account_id": "X", "cash": cash, "accrued_interest_fees": accrued,
+                          "positions": positions}]}
+
+
+def sec(symbol, price, prev_close=None, suspended=False):
+    return {"symbol": symbol, "price": price, "prev_close": prev_close or price,
+            "haircut": "0.5", "suspended": suspended}
+
+
+def short(symbol, qty, sold_for):
+    return {"symbol": symbol, "kind": "short", "qty": qty, "short_sell_amount": sold_for,
+            "short_margin_ratio": "1.0"}
+
+
+def coll(symbol, qty):
+    return {"symbol": symbol, "kind": "collateral", "qty": qty}
+
+
+def checked_plan(doc, costs=None):
+    """The plan of the book's one account, with ratio_after checked against a fresh
+    evaluation of the account after the orders fill (and against the reference's plan)."""
+    sell, buy = costs or (0.0, 0.0)
+    st = MarginState(book_from_dict(doc), costs=PlanCosts(sell=sell, buy=buy))
+    orders, ratio_after, residual = st.plan(0)
+    A2, L2 = reevaluate(doc, doc["accounts"][0], orders, repr(sell), repr(buy))
+    assert ratio_after == round(float(A2 / L2), 6)
+    r = ref.RefBook(doc).evaluate(doc["accounts"][0], sell_cost=repr(sell), buy_cost=repr(buy))
+    assert [(o["symbol"], o["side"], o["qty"]) for o in orders] == [
+        (o["symbol"], o["side"], o["qty"]) for o in r["plan"]]
+    assert (r["assets_after"], r["liabilities_after"]) == (A2, L2)
+    return [(o["symbol"], o["side"], o["qty"]) for o in orders], A2, L2, residual
+
+
+SECS = [sec("600000.SH", "10.00"), sec("600001.SH", "30.00")]
+RISING = [sec("600000.SH", "10.00"), sec("600001.SH", "30.00", prev_close="28.00")]
+
+
+def test_selling_collateral_with_nothing_to_repay_is_skipped_and_the_shorts_covered():
+    """Reviewer case (a): cash 150000, collateral 5000 at 10, 5000 short at 30 sold at 30.
+    R = 200000/150000. Selling the collateral only parks cash (no F, I or negative cash to
+    repay) and leaves R at 1.333; covering from the cash is what helps."""
+    doc = one_account("150000", [coll("600000.SH", 5000), short("600001.SH", 5000, "150000")],
+                      SECS)
+    orders, A2, L2, residual = checked_plan(doc)
+    # cover x from cash: (200000 − x)/(150000 − x) >= 1.5 -> x >= 50000 -> 1667 -> 1700 shares
+    assert orders == [("600001.SH", "buy_to_cover", 1700)]
+    assert (A2, L2) == (D(149000), D(99000))
+    assert A2 / L2 >= D("1.5") and residual == 0.0
+
+
+def test_collateral_is_sold_when_a_later_cover_needs_the_cash():
+    """As (a) but with cash 10000 and collateral 20000 at 10: R = 210000/150000. Covering
+    30000 reaches 1.50 but needs 20000 more cash than the account has, so 20000 of collateral
+    is sold first (the proceeds sit as cash), then the short is covered with it."""
+    doc = one_account("10000", [coll("600000.SH", 20000), short("600001.SH", 5000, "150000")],
+                      SECS)
+    orders, A2, L2, residual = checked_plan(doc)
+    assert orders == [("600000.SH", "sell", 2000), ("600001.SH", "buy_to_cover", 1000)]
+    assert (A2, L2) == (D(180000), D(120000)) and residual == 0.0
+
+
+def test_a_cover_beyond_the_cash_is_refilled_by_selling_collateral():
+    """Reviewer case (b): cash 10000, collateral 20000 at 10, 5000 short at 30 sold for 100000
+    (rising). Covering 1000 shares (30000) alone overdraws cash by 20000, which is debt:
+    R = 200000/140000 = 1.43, not 1.50. The plan sells 20000 of collateral to refill it."""
+    doc = one_account("10000", [coll("600000.SH", 20000), short("600001.SH", 5000, "100000")],
+                      RISING)
+    orders, A2, L2, residual = checked_plan(doc)
+    assert orders == [("600001.SH", "buy_to_cover", 1000), ("600000.SH", "sell", 2000)]
+    assert (A2, L2) == (D(180000), D(120000))  # exactly 1.50
+    assert residual == 0.0
+    # the cover alone (the old plan) really leaves 1.43
+    A1, L1 = reevaluate(doc, doc["accounts"][0], [
+        {"symbol": "600001.SH", "side": "buy_to_cover", "qty": 1000}])
+    assert (A1, L1) == (D(200000), D(140000))
+
+
+def test_a_cover_stops_where_it_stops_helping():
+    """As (b) with the collateral suspended: nothing can refill an overdraft, so covering
+    beyond the cash changes nothing (A stays, L swaps short value for negative cash). The
+    cover stops at the first lot past the cash, and the rest is reported as residual."""
+    secs = [sec("600000.SH", "10.00", suspended=True), sec("600001.SH", "30.00", "28.00")]
+    doc = one_account("10000", [coll("600000.SH", 20000), short("600001.SH", 5000, "100000")],
+                      secs)
+    orders, A2, L2, residual = checked_plan(doc)
+    # 300 shares (9000) leave 201000/141000 = 1.4255; 400 (12000) 200000/140000 = 1.4286,
+    # and so does any larger cover
+    assert orders == [("600001.SH", "buy_to_cover", 400)]
+    assert (A2, L2) == (D(200000), D(140000))
+    assert D(repr(residual)) == (D("1.5") * L2 - A2) / D("0.5")
+
+
+def test_a_sale_refills_negative_cash():
+    """Cash −30000 (debt), collateral 10000 at 15, 3000 short at 25 sold at 30: R = 150000 /
+    105000. Sale proceeds first refill the negative cash: 15000 of them reach 1.50."""
+    secs = [sec("600000.SH", "15.00"), sec("600001.SH", "25.00")]
+    doc = one_account("-30000", [coll("600000.SH", 10000), short("600001.SH", 3000, "90000")],
+                      secs)
+    orders, A2, L2, residual = checked_plan(doc)
+    assert orders == [("600000.SH", "sell", 1000)]
+    assert (A2, L2) == (D(135000), D(90000))  # cash −15000 left, exactly 1.50
+    assert residual == 0.0
+
+
+def test_a_sale_repays_interest_then_principal_not_with_the_cash_already_there():
+    """TV1's account: the proceeds of 4400 S2 (26400) repay I (2000) and 24400 of F; the 20000
+    of cash already in the account stays cash."""
+    v = next(v for v in VECTORS if v["id"] == "TV1")
+    doc = book_from_vector(v)
+    orders, A2, L2, _ = checked_plan(doc)
+    assert orders == [("S2", "sell", 4400)]
+    assert (A2, L2) == (D(413600), D(275600))
+
+
+@pytest.mark.parametrize("case", ["a", "b", "negative_cash", "short_of_cash"])
+def test_plans_with_fees_are_what_they_claim(case):
+    """With sell and buy fees (rounded up to the li) every fill costs a little more: the
+    plans trade a little more and still reach the target, checked from scratch."""
+    docs = {
+        "a": one_account("150000", [coll("600000.SH", 5000),
+                                    short("600001.SH", 5000, "150000")], SECS),
+        "b": one_account("10000", [coll("600000.SH", 20000),
+                                   short("600001.SH", 5000, "100000")], RISING),
+        "negative_cash": one_account("-30000", [coll("600000.SH", 10000),
+                                                short("600001.SH", 3000, "90000")],
+                                     [sec("600000.SH", "15.00"), sec("600001.SH", "25.00")]),
+        "short_of_cash": one_account("10000", [coll("600000.SH", 20000),
+                                               short("600001.SH", 5000, "150000")], SECS),
+    }
+    doc = docs[case]
+    free, A0, L0, _ = checked_plan(doc)
+    orders, A2, L2, residual = checked_plan(doc, costs=(0.001, 0.0015))
+    assert A2 / L2 >= D("1.5") and residual == 0.0
+    assert [o[:2] for o in orders] == [o[:2] for o in free]
+    assert all(q >= q0 for (_, _, q), (_, _, q0) in zip(orders, free, strict=True))

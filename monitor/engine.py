@@ -218,6 +218,8 @@ class Engine:
             ev["previous_tier"] = None if prev == u.UNSET_TIER else u.TIER_NAMES[prev]
             ev["trigger"] = (None if s < 0 else
                              {"symbol": st.book.symbols[s], "price": yuan(int(st.price[s]))})
+            if tier == u.FORCED_LIQUIDATION:
+                ev["plan"] = self.plan(a, now_ns)
             out.append(ev)
             if tier == u.MARGIN_CALL and (prev == u.UNSET_TIER or prev > u.MARGIN_CALL):
                 # the engine's clock (not the tick's exchange time) runs deadlines, so a
@@ -257,8 +259,18 @@ class Engine:
                 out.append(self._call_event("CALL_CURED", a, call, now_ns, now_ns))
             elif self.calls.expired(a, now_ns):
                 call = self.calls.close(a, "EXPIRED", now_ns)
-                out.append(self._call_event("CALL_EXPIRED", a, call, now_ns, now_ns))
+                ev = self._call_event("CALL_EXPIRED", a, call, now_ns, now_ns)
+                ev["plan"] = self.plan(a, now_ns)
+                out.append(ev)
         return out
+
+    def plan(self, a: int, now_ns: int) -> dict:
+        """The lot-rounded liquidation plan of account `a` at the current prices; events into
+        FORCED_LIQUIDATION and CALL_EXPIRED carry it, so a liquidation hook acts on the prices
+        that triggered it (`priced_ns` tells a consumer how old they are)."""
+        orders, ratio_after, residual = self.state.plan(a)
+        return {"orders": orders, "ratio_after": ratio_after, "residual": residual,
+                "priced_ns": int(now_ns)}
 
     # ------------------------------------------------------------------ views
     def open_breaches(self, now_ns: int) -> list[dict]:

@@ -89,10 +89,10 @@ def test_start_announces_every_breach_once_with_null_previous_tier():
     assert issued[0]["call"]["deadline"] == "2026-11-24"  # Fri + 2 trading days = Tue
 
 
-def one_account_book(qty=13000, price="12.00", cost="120000"):
+def one_account_book(qty=13000, price="12.00", cost="120000", prev_close="12.00"):
     return book_from_dict({
         "securities": [{"symbol": "600000.SH", "price": price, "haircut": "0.7",
-                        "prev_close": "12.00"}],
+                        "prev_close": prev_close}],
         "accounts": [{"account_id": "A", "cash": "0", "positions": [
             {"symbol": "600000.SH", "kind": "financed", "qty": qty, "financed_cost": cost,
              "fin_margin_ratio": "1"}]}]})
@@ -160,3 +160,22 @@ def test_summary_counts_match_the_reported_tiers(synth_book):
     assert sum(s["tiers"].values()) == synth_book.n_accounts
     for name, n in s["tiers"].items():
         assert n == int(np.sum(e.reported == u.TIER_CODES[name]))
+
+
+def test_forced_liquidation_and_expired_calls_carry_a_plan_at_trigger_prices():
+    e = engine_for(one_account_book(price="14.00", prev_close="11.50"))  # limit-down 10.35
+    e.start(T0)
+    ev = move(e, 12.61, T0 + 1)  # 163930 / 120000 = 1.366: WARNING, no plan
+    assert "plan" not in ev[0]
+    ev = move(e, 11.00, T0 + 2)  # 143000 / 120000 = 1.1917: MARGIN_CALL (the call opens)
+    assert "plan" not in ev[0]
+    ev = move(e, 10.50, T0 + 3)  # 136500 / 120000 = 1.1375: FORCED_LIQUIDATION
+    fl = [x for x in ev if x["kind"] == "TIER_CHANGE"][0]
+    assert fl["tier"] == "FORCED_LIQUIDATION"
+    plan = fl["plan"]
+    assert plan["priced_ns"] == T0 + 3
+    assert [(o["symbol"], o["side"], o["price"]) for o in plan["orders"]] == [
+        ("600000.SH", "sell", 10.5)]
+    assert plan["ratio_after"] >= 1.5 and plan["residual"] == 0.0
+    expired = e.cycle(e.calls.get(0).deadline_ns)
+    assert [x["kind"] for x in expired] == ["CALL_EXPIRED"] and "plan" in expired[0]

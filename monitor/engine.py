@@ -216,6 +216,7 @@ class Engine:
             ev.update(f)
             ev["tier"] = u.TIER_NAMES[tier]  # the reported (hysteresis) tier
             ev["previous_tier"] = None if prev == u.UNSET_TIER else u.TIER_NAMES[prev]
+            ev["profile"] = st.book.profile_names[st.book.profile_of[a]]
             ev["trigger"] = (None if s < 0 else
                              {"symbol": st.book.symbols[s], "price": yuan(int(st.price[s]))})
             if tier == u.FORCED_LIQUIDATION:
@@ -239,6 +240,7 @@ class Engine:
         ev.update(figures or self.state.figures(a))
         ev["tier"] = u.TIER_NAMES[int(self.reported[a])]
         ev["previous_tier"] = ev["tier"]
+        ev["profile"] = self.state.book.profile_names[self.state.book.profile_of[a]]
         ev["call"] = call.as_dict()
         return ev
 

@@ -128,7 +128,8 @@ def _run(args) -> int:
 
     def banner(mon):
         host, port = mon.bound
-        print(f"margin-monitor: alerts on ws://{host}:{port}/ws/alerts", file=sys.stderr)
+        print(f"margin-monitor: alerts on ws://{host}:{port}/ws/alerts, risk desk on "
+              f"http://{host}:{port}/", file=sys.stderr)
 
     return _serve(cfg, book, cfg.redis, banner)
 
@@ -157,6 +158,7 @@ def _demo(args) -> int:
         print("\n".join([
             "",
             "margin-monitor demo is running",
+            f"  risk desk:          http://{host}:{port}/?token={cfg.token}",
             f"  alerts (websocket): ws://{host}:{port}/ws/alerts?token={cfg.token}",
             f"  health:             http://{host}:{port}/healthz",
             f"  metrics:            http://{host}:{port}/metrics  (Bearer {cfg.token})",

@@ -3,8 +3,10 @@
     feed task      feed.batches() -> engine.add_ticks()            (conflates; cheap)
     cycle task     engine.cycle() -> outbox.publish(), server.broadcast()   (never awaits I/O)
     outbox task    Redis XADD pipelines, outage buffering and spill         (monitor/outbox.py)
-    server         /ws/alerts, /healthz, /metrics                           (monitor/server.py)
+    server         /ws/alerts, /healthz, /metrics, the risk desk (/ and /api/) (monitor/server.py)
     heartbeat      summary every second to Redis and to websocket clients
+    desk           indexes published events, samples ratio histories on the heartbeat,
+                   answers the desk's queries on this loop (monitor/desk.py)
 
 The cycle task hands events to the outputs by plain method calls that only enqueue, so neither a
 Redis outage nor a slow websocket client can stall the tick path.
@@ -17,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from pathlib import Path
 
 import numpy as np
 
@@ -27,12 +30,16 @@ from feeds.universe import Universe
 from .account_events import AccountEventError
 from .book import Book
 from .config import RunConfig
+from .desk import Desk, FileAckStore, RedisAckStore
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
+from .outbox import encode_event
 from .state import MarginState
 from .warmup import warm_up
 
 log = logging.getLogger("monitor")
+
+STATIC_DIR = Path(__file__).parent / "static"  # the risk desk screen
 
 
 def universe_of(book: Book) -> Universe:
@@ -70,6 +77,7 @@ class Monitor:
         self._oldest_recv_ns = 0
         self._stopping = asyncio.Event()
         self.events_emitted = 0
+        self.desk = Desk(self.engine, summary=self.summary)
 
     # ------------------------------------------------------------------ tasks
     async def _events_loop(self) -> None:
@@ -91,6 +99,7 @@ class Monitor:
         while q:
             ev = q.popleft()
             try:
+                self.desk.before_account_event(ev)
                 self._publish(self.engine.apply_account_event(ev, time.time_ns()))
             except AccountEventError as e:
                 self.event_rejects[e.reason] += 1
@@ -122,12 +131,15 @@ class Monitor:
     def _publish(self, events: list[dict]) -> None:
         if not events:
             return
+        self.desk.enrich(events)  # previous_ratio, before the one encoding
         self.events_emitted += len(events)
-        encoded = None
         if self.outbox is not None:
             encoded = self.outbox.publish(events)  # encoded once, shared with the websocket
+        else:
+            encoded = [encode_event(e) for e in events]
         if self.server is not None:
             self.server.broadcast(events, encoded=encoded)
+        self.desk.record(events, encoded)
         for e in events:
             self.metrics.events.labels(e["kind"]).inc()
 
@@ -140,6 +152,7 @@ class Monitor:
             if self.engine.pending:
                 oldest = self._oldest_recv_ns
                 self._oldest_recv_ns = 0
+                self.desk.before_cycle()
                 events = self.engine.cycle(time.time_ns())
                 self._publish(events)
                 c = self.engine.last_cycle
@@ -160,6 +173,7 @@ class Monitor:
         while True:
             await asyncio.sleep(self.cfg.heartbeat_s)
             self._wake.set()  # lets call deadlines expire even with a silent feed
+            self.desk.sample()
             s = self.summary()
             beats += 1
             if beats % 5 == 0:  # a console pulse for whoever runs it by hand
@@ -182,6 +196,7 @@ class Monitor:
         fs = self.feed.stats()
         s["feed"] = fs.as_dict()
         s["feed"]["lag_s"] = ((now - fs.last_message_ns) / 1e9) if fs.last_message_ns else None
+        s["feed"]["done"] = self._feed_done
         stale = fs.staleness_s(now)
         s["feed"]["stale_symbols_60s"] = int(np.sum(~np.isnan(stale) & (stale > 60)))
         if self.event_source is not None:
@@ -214,26 +229,38 @@ class Monitor:
 
     # ------------------------------------------------------------------ life cycle
     async def run(self) -> int:
+        from kernels.desk import warm_up as warm_up_desk
+
         from .outbox import RedisOutbox
         from .server import AlertServer
 
         log.info("warming up kernels")
-        log.info("kernels ready in %.2fs", warm_up())
+        t0 = time.perf_counter()
+        warm_up()
+        warm_up_desk()
+        log.info("kernels ready in %.2fs", time.perf_counter() - t0)
         token = self.cfg.resolve_token()
         if self.redis_url:
             self.outbox = RedisOutbox(self.redis_url, stream=self.cfg.alerts_stream,
                                       maxlen=self.cfg.alerts_maxlen,
                                       summary_key=self.cfg.summary_key,
                                       spill_dir=self.cfg.spill_dir)
+        self.desk.store = (RedisAckStore(self.redis_url) if self.redis_url
+                           else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
+        acks_loaded = await self.desk.load_acks()
         host, port = self.cfg.host_port
         self.server = AlertServer(host=host, port=port, token=token,
                                   snapshot=lambda: self.engine.open_breaches(time.time_ns()),
                                   health=self.health, registry=self.metrics.registry,
-                                  max_connections=self.cfg.max_connections)
+                                  max_connections=self.cfg.max_connections,
+                                  static_dir=STATIC_DIR, api=self.desk.api, rpc=self.desk.rpc)
+        self.desk.notify = self.server.broadcast_notice
         self.bound = await self.server.start()
-        log.info("alerts on ws://%s:%d/ws/alerts (health /healthz, metrics /metrics)",
-                 *self.bound)
+        log.info("alerts on ws://%s:%d/ws/alerts (risk desk http://%s:%d/, health /healthz, "
+                 "metrics /metrics)", *self.bound, *self.bound)
         tasks = []
+        if not acks_loaded:
+            tasks.append(asyncio.create_task(self._load_acks_loop(), name="desk-acks"))
         if self.outbox is not None:
             tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         self._publish(self.engine.start(time.time_ns()))
@@ -270,7 +297,14 @@ class Monitor:
                 await self.server.aclose()
             for t in tasks:
                 t.cancel()
+            if self.desk.store is not None:
+                await self.desk.store.aclose()
         return 0
+
+    async def _load_acks_loop(self) -> None:
+        """The acknowledgement store was unreachable at start: retry until it answers."""
+        while not await self.desk.load_acks():
+            await asyncio.sleep(5.0)
 
     def _final_summary(self) -> None:
         self.outbox.publish_summary(self.summary())

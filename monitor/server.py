@@ -18,18 +18,35 @@ Routes
     live event queued after that frame; a bad message gets ``{"kind": "ERROR", "error": ...}``.
     The same filter may be given at connect time as ``?tiers=A,B&accounts=X,Y`` and then also
     applies to the snapshot. An inbound message over ``max_message_bytes`` closes the connection
-    (1009).
+    (1009). ``?snapshot=0`` skips the snapshot (the risk desk pages its picture from ``/api/``);
+    ``?acks=1`` adds ``{"kind": "ACK", ...}`` frames (:meth:`AlertServer.broadcast_notice`).
+    Request messages ``{"op": ..., "req": <id>, ...}`` go to ``rpc`` (when given) and are
+    answered in line with the events by ``{"kind": "REPLY", "req": <id>, "ok": ..., ...}``.
 ``/healthz`` (open)
     ``health()`` as JSON; 200, or 503 when ``health()["ok"]`` is false (or health() raises).
 ``/metrics`` (token required)
     Prometheus text exposition of ``registry`` (default: the global registry).
+``/api/<name>`` (token required; only with ``api``)
+    ``api(path, query)`` returns ``(status, JSON bytes)``: the risk desk's read-only queries
+    (monitor/desk.py). Runs on the event loop, like everything that reads the engine.
+``/logout``
+    Clears the desk's session cookie and redirects to ``/``.
 anything else
-    404, or with ``static_dir`` a file under it (token required; no traversal outside it).
+    404, or with ``static_dir`` a file under it (token required; no traversal outside it;
+    ``/`` is ``index.html``).
 
-Authentication: ``Authorization: Bearer <token>`` or ``?token=<token>`` (the query form is for
+Authentication: ``Authorization: Bearer <token>``, ``?token=<token>`` (the query form is for
 browsers, whose websocket API cannot set headers; it can end up in proxy logs, so prefer the
-header). A missing or wrong token gets HTTP 401 and nothing else. Tokens are compared with
-``hmac.compare_digest`` and redacted from the websockets library's (debug) logs.
+header), or the desk's session cookie. A missing or wrong token gets HTTP 401 and nothing else
+(for the desk page itself, a 401 whose body is a token form: no data, no script). Tokens are
+compared with ``hmac.compare_digest`` and redacted from the websockets library's (debug) logs.
+
+Desk session: opening ``/`` (or ``/index.html``) with a valid token sets an ``HttpOnly``,
+``SameSite=Strict`` cookie ``mm_desk_<port>`` holding an HMAC of the token (never the token), so
+the page, its files, ``/api/`` and the websocket work without the token in any URL after the
+first. A websocket handshake authenticated by that cookie alone must come from the same origin
+(``Origin`` matching ``Host``), else 403: no cross-site websocket hijacking. Changing the token
+invalidates every session.
 
 Back-pressure: :meth:`broadcast` never awaits a client. Each client has a bounded queue
 (``client_queue`` frames) drained by its own sender task; when a broadcast finds it full the
@@ -52,7 +69,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -72,6 +89,8 @@ TIERS = frozenset({"WITHDRAWABLE", "NORMAL", "WARNING", "MARGIN_CALL", "FORCED_L
                    "NO_DEBT"})
 WS_PATH = "/ws/alerts"
 MAX_STATIC_BYTES = 16 << 20
+PAGES = ("/", "/index.html")  # the desk page: sets the session cookie, 401 is a token form
+SESSION_SALT = b"margin-monitor desk session v1"
 
 
 class _RedactSecrets(logging.Filter):
@@ -99,7 +118,7 @@ _ws_log.addFilter(_RedactSecrets())
 
 class _Client:
     __slots__ = ("ws", "peer", "queue", "wake", "tiers", "accounts", "heartbeat", "snapshot",
-                 "sender", "dropped")
+                 "sender", "dropped", "acks")
 
     def __init__(self, ws: ServerConnection, peer: str) -> None:
         self.ws = ws
@@ -112,6 +131,7 @@ class _Client:
         self.snapshot: list[bytes] = []
         self.sender: asyncio.Task[None] | None = None
         self.dropped = False
+        self.acks = False  # receives ACK notices
 
     def match(self, tier: Any, prev: Any, account: Any) -> bool:
         if self.tiers is not None and tier not in self.tiers and prev not in self.tiers:
@@ -139,6 +159,8 @@ class AlertServer:
         max_message_bytes: int = 64 * 1024,
         client_queue: int = 10_000,
         static_dir: str | Path | None = None,
+        api: Callable[[str, dict[str, list[str]]], tuple[int, bytes]] | None = None,
+        rpc: Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]] | None = None,
         ssl: Any = None,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
@@ -159,6 +181,11 @@ class AlertServer:
         self.max_message_bytes = max_message_bytes
         self.client_queue = client_queue
         self._static_root = Path(static_dir).resolve() if static_dir is not None else None
+        self._api = api
+        self._rpc = rpc
+        self._rpc_tasks: set[asyncio.Task[None]] = set()
+        self._session = hmac.new(self._token, SESSION_SALT, "sha256").hexdigest().encode()
+        self._cookie = "mm_desk"
         self._ssl = ssl
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -207,6 +234,7 @@ class AlertServer:
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.bound = (host, port)
+        self._cookie = f"mm_desk_{port}"
         scheme = "https" if self._ssl is not None else "http"
         shown = f"[{host}]" if ":" in host else host
         log.info("alert server listening on %s://%s:%d (websocket %s)", scheme, shown, port,
@@ -222,6 +250,8 @@ class AlertServer:
             return
         server, self._server = self._server, None
         server.close(close_connections=False)
+        for t in list(self._rpc_tasks):
+            t.cancel()
         for c in list(self._clients):
             self._drop(c, 1001, "server shutting down", slow=False)
         kills = list(self._kills)
@@ -268,6 +298,11 @@ class AlertServer:
                                 **{k: v for k, v in summary.items() if k != "kind"}})
         self._call(self._fanout_heartbeat, payload)
 
+    def broadcast_notice(self, notice: Mapping[str, Any]) -> None:
+        """A desk notice (e.g. ``{"kind": "ACK", ...}``) to every client that asked for them
+        (``?acks=1``), in line with its events; never blocks."""
+        self._call(self._fanout_notice, encode_event(notice))
+
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
@@ -292,6 +327,20 @@ class AlertServer:
                     added = True
             if added:
                 c.wake.set()
+
+    def _fanout_notice(self, payload: bytes) -> None:
+        for c in list(self._clients):
+            if c.acks:
+                self._enqueue(c, payload)
+
+    def _enqueue(self, c: _Client, payload: bytes) -> None:
+        if c.dropped:
+            return
+        if len(c.queue) >= self.client_queue:
+            self._drop(c, 1013, "send queue full", slow=True)
+            return
+        c.queue.append(payload)
+        c.wake.set()
 
     def _fanout_heartbeat(self, payload: bytes) -> None:
         for c in self._clients:
@@ -336,8 +385,9 @@ class AlertServer:
             if err:
                 await ws.close(1008, "invalid tiers/accounts filter")
                 return
+            c.acks = _flag(query, "acks", False)
             try:
-                snap = list(self._snapshot())
+                snap = list(self._snapshot()) if _flag(query, "snapshot", True) else []
             except Exception:  # noqa: BLE001
                 log.exception("snapshot() failed; client %s starts with live events only", peer)
                 snap = []
@@ -397,6 +447,9 @@ class AlertServer:
     def _on_message(self, c: _Client, msg: str | bytes) -> None:
         try:
             obj = orjson.loads(msg)
+            if isinstance(obj, dict) and "op" in obj:
+                self._on_request(c, obj)
+                return
             sub = obj.get("subscribe") if isinstance(obj, dict) else None
             if not isinstance(sub, dict):
                 raise ValueError('expected {"subscribe": {"tiers": [...], "accounts": [...]}}')
@@ -416,6 +469,27 @@ class AlertServer:
         c.queue.append(encode_event(reply))
         c.wake.set()
 
+    def _on_request(self, c: _Client, obj: dict[str, Any]) -> None:
+        req = obj.get("req")
+        if not (req is None or isinstance(req, int) and not isinstance(req, bool)
+                or isinstance(req, str) and len(req) <= 64):
+            req = None
+        if self._rpc is None:
+            self._enqueue(c, encode_event({"kind": "REPLY", "req": req, "ok": False,
+                                           "error": "this server takes no requests"}))
+            return
+        t = asyncio.get_running_loop().create_task(self._answer(c, obj, req))
+        self._rpc_tasks.add(t)
+        t.add_done_callback(self._rpc_tasks.discard)
+
+    async def _answer(self, c: _Client, obj: dict[str, Any], req: Any) -> None:
+        try:
+            body = dict(await self._rpc(obj))
+        except Exception:  # noqa: BLE001
+            log.exception("request %r failed", str(obj.get("op"))[:40])
+            body = {"ok": False, "error": "internal error"}
+        self._enqueue(c, encode_event({**body, "kind": "REPLY", "req": req}))
+
     # ------------------------------------------------------------------ HTTP side
 
     async def _process_request(self, conn: ServerConnection,
@@ -426,8 +500,13 @@ class AlertServer:
             return self._healthz(conn)
         query = parse_qs(url.query)
         if path == WS_PATH:
-            if not self._authorized(conn, request, query):
+            how = self._credential(conn, request, query)
+            if how is None:
                 return self._unauthorized(conn)
+            if how == "cookie" and not _same_origin(request):
+                log.warning("alert server: cross-origin websocket with a desk cookie refused "
+                            "(%s)", _peer(conn))
+                return _plain(conn, 403, "Forbidden.\n")
             self._conns = {w for w in self._conns
                            if w.state is not State.CLOSED and not w.transport.is_closing()}
             if len(self._conns) >= self.max_connections:
@@ -438,28 +517,50 @@ class AlertServer:
             self._conns.add(conn)
             return None  # websocket handshake (426 if it is not an upgrade request)
         if path == "/metrics":
-            if not self._authorized(conn, request, query):
+            if self._credential(conn, request, query) is None:
                 return self._unauthorized(conn)
             return self._metrics(conn)
-        if self._static_root is not None:
-            if not self._authorized(conn, request, query):
+        if path.startswith("/api/") and self._api is not None:
+            if self._credential(conn, request, query) is None:
                 return self._unauthorized(conn)
-            return await self._static(conn, path)
+            return self._api_response(path, query)
+        if self._static_root is not None:
+            how = self._credential(conn, request, query)
+            if how is None:
+                if path in PAGES:
+                    return self._login(wrong=bool(query.get("token")))
+                return self._unauthorized(conn)
+            if path == "/logout":
+                return self._logout()
+            resp = await self._static(conn, path)
+            if resp.status_code == 200 and resp.headers.get("Content-Type", "").startswith(
+                    "text/html"):
+                resp.headers["Content-Security-Policy"] = _page_csp(request)
+                if path in PAGES and how != "cookie":
+                    resp.headers["Set-Cookie"] = self._set_cookie(self._session.decode())
+            return resp
         return _plain(conn, 404, "Not found.\n")
 
-    def _authorized(self, conn: ServerConnection, request: Request,
-                    query: dict[str, list[str]]) -> bool:
-        candidates: list[str] = []
+    def _credential(self, conn: ServerConnection, request: Request,
+                    query: dict[str, list[str]]) -> str | None:
+        """How the request proved the token: "header", "query" or "cookie"; None (counted and
+        logged, rate-limited) when it did not."""
+        how = None
         for value in request.headers.get_all("Authorization"):
             scheme, _, cred = value.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                candidates.append(cred.strip())
-        candidates += query.get("token", [])
-        ok = False
-        for cand in candidates:
+            if scheme.lower() == "bearer" and hmac.compare_digest(cred.strip().encode(),
+                                                                  self._token):
+                how = "header"
+        for cand in query.get("token", []):
             # compare every candidate (no early exit) in constant time per candidate
-            ok |= hmac.compare_digest(cand.encode(), self._token)
-        if not ok:
+            if hmac.compare_digest(cand.encode(), self._token):
+                how = how or "query"
+        for value in request.headers.get_all("Cookie"):
+            for part in value.split(";"):
+                name, _, val = part.strip().partition("=")
+                if name == self._cookie and hmac.compare_digest(val.encode(), self._session):
+                    how = how or "cookie"
+        if how is None:
             self._n_rejected_auth += 1
             self._auth_fail_since_log += 1
             now = time.monotonic()
@@ -467,7 +568,43 @@ class AlertServer:
                 log.warning("alert server: %d request(s) rejected for a missing or wrong token "
                             "(latest from %s)", self._auth_fail_since_log, _peer(conn))
                 self._last_auth_log, self._auth_fail_since_log = now, 0
-        return ok
+        return how
+
+    def _authorized(self, conn: ServerConnection, request: Request,
+                    query: dict[str, list[str]]) -> bool:
+        return self._credential(conn, request, query) is not None
+
+    def _set_cookie(self, value: str, clear: bool = False) -> str:
+        attrs = "; Path=/; HttpOnly; SameSite=Strict"
+        if self._ssl is not None:
+            attrs += "; Secure"
+        if clear:
+            attrs += "; Max-Age=0"
+        return f"{self._cookie}={value}{attrs}"
+
+    def _logout(self) -> Response:
+        resp = _response(303, b"Logged out.\n", "text/plain; charset=utf-8",
+                         {"Location": "/", "Set-Cookie": self._set_cookie("", clear=True)})
+        return resp
+
+    def _login(self, wrong: bool) -> Response:
+        """401 for the desk page: a token form (no data, no script)."""
+        msg = "<p class=err>Wrong token.</p>" if wrong else ""
+        body = _LOGIN_PAGE.replace("{msg}", msg).encode()
+        resp = _response(401, body, "text/html; charset=utf-8", {
+            "WWW-Authenticate": 'Bearer realm="margin-monitor"',
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                       "form-action 'self'; frame-ancestors 'none'; "
+                                       "base-uri 'none'"})
+        return resp
+
+    def _api_response(self, path: str, query: dict[str, list[str]]) -> Response:
+        try:
+            status, body = self._api(path, query)
+        except Exception:  # noqa: BLE001
+            log.exception("api %s failed", path)
+            status, body = 500, b'{"error": "internal error"}'
+        return _response(status, body, "application/json")
 
     def _unauthorized(self, conn: ServerConnection) -> Response:
         resp = _plain(conn, 401, "Unauthorized.\n")
@@ -530,6 +667,8 @@ def _response(status: int, body: bytes, content_type: str,
         ("Content-Type", content_type),
         ("Cache-Control", "no-store"),
         ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "no-referrer"),
     ])
     for k, v in (extra or {}).items():
         headers[k] = v
@@ -540,6 +679,59 @@ def _plain(conn: ServerConnection, status: int, text: str,
            retry_after: int | None = None) -> Response:
     extra = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return _response(status, text.encode(), "text/plain; charset=utf-8", extra)
+
+
+def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
+    v = query.get(name)
+    if not v:
+        return default
+    return v[-1].strip().lower() not in ("0", "false", "no", "off", "")
+
+
+_HOST_OK = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("Origin")
+    host = request.headers.get("Host")
+    if not origin or not host:
+        return False
+    try:
+        return urlsplit(origin).netloc.lower() == host.lower()
+    except ValueError:
+        return False
+
+
+def _page_csp(request: Request) -> str:
+    host = request.headers.get("Host") or ""
+    ws = f" ws://{host} wss://{host}" if _HOST_OK.match(host) else ""
+    return ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src 'self'{ws}; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'")
+
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>margin-monitor · risk desk</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<style>
+body{margin:0;height:100vh;display:flex;align-items:center;justify-content:center;
+background:#0b0f14;color:#c9d1d9;font:15px/1.4 system-ui,"DejaVu Sans",sans-serif}
+form{background:#131a22;border:1px solid #263140;border-radius:6px;padding:28px 32px;
+min-width:320px}
+h1{font-size:17px;margin:0 0 4px;color:#e6edf3}
+p{margin:0 0 16px;color:#8b98a8;font-size:13px}
+.err{color:#ff6b6b;font-weight:600}
+input{width:100%;box-sizing:border-box;padding:9px 10px;margin:0 0 14px;border-radius:4px;
+border:1px solid #2f3b4b;background:#0b0f14;color:#e6edf3;font:14px "DejaVu Sans Mono",monospace}
+button{width:100%;padding:9px;border:0;border-radius:4px;background:#2f81f7;color:#fff;
+font-weight:600;font-size:14px;cursor:pointer}
+</style></head><body>
+<form method="get" action="/" autocomplete="off">
+<h1>margin-monitor · risk desk</h1><p>Enter the monitor's access token.</p>{msg}
+<input name="token" type="password" placeholder="token" autofocus required>
+<button type="submit">Log in</button></form></body></html>
+"""
 
 
 def _csv(values: list[str] | None) -> list[str] | None:

@@ -231,7 +231,59 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--until-feed-ends", action="store_true")
     demo.add_argument("--log-level", default="info")
     demo.set_defaults(func=_demo)
+
+    # automated forced liquidation (docs/liquidation.md); handlers in monitor/liquidator/cli.py
+    liq = sub.add_parser("liquidator", help="turn FORCED_LIQUIDATION / CALL_EXPIRED alerts into "
+                                            "orders (Redis Streams consumer-group worker)")
+    liq.add_argument("--config", help="liquidator.toml; flags below override it")
+    liq.add_argument("--redis", help="Redis URL of the alert stream (redis:// or rediss://)")
+    liq.add_argument("--alerts-stream", help="alert stream key (default margin:alerts)")
+    liq.add_argument("--group", help="consumer group shared by the workers (default liquidator)")
+    liq.add_argument("--consumer", help="this worker's name in the group (default HOST-PID)")
+    liq.add_argument("--hook", help="redis:STREAM | http(s)://URL | python:package.module:function"
+                                    " (default redis:margin:orders)")
+    liq.add_argument("--mode", choices=("auto", "approve", "notify"),
+                     help="for every profile (overrides mode and [modes] in the config)")
+    liq.add_argument("--until-idle", type=float, metavar="SECONDS",
+                     help="exit 0 after SECONDS with nothing to do")
+    liq.add_argument("--dry-run", action="store_true",
+                     help="log the orders, never send them (own group and keys)")
+    liq.add_argument("--webhook-secret-file",
+                     help="HMAC key for http(s) hooks (else MARGIN_LIQ_WEBHOOK_SECRET)")
+    liq.add_argument("--repricer", help="http(s)://MONITOR:PORT | python:package.module:function "
+                                        "| none: where stale plans are re-priced")
+    liq.add_argument("--repricer-token-file",
+                     help="the monitor's access token (else MARGIN_MONITOR_TOKEN)")
+    liq.add_argument("--log-level")
+    liq.set_defaults(func=_liquidation("liquidator"))
+
+    ks = sub.add_parser("kill-switch", help="stop (on) or allow (off) every automatic "
+                                            "liquidation order at once; status")
+    ks.add_argument("action", choices=("on", "off", "status"))
+    ks.add_argument("--reason", help="why (stored with the switch)")
+    ks.add_argument("--json", action="store_true", help="status as JSON")
+    ap = sub.add_parser("approvals", help="liquidation plans waiting for a decision: list, "
+                                          "approve, reject")
+    ap.add_argument("action", choices=("list", "approve", "reject"))
+    ap.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
+    ap.add_argument("--all", action="store_true", help="every pending plan")
+    ap.add_argument("--note", help="stored with the decision")
+    ap.add_argument("--json", action="store_true", help="list as JSON Lines")
+    for q, name in ((ks, "kill_switch"), (ap, "approvals")):
+        q.add_argument("--config", help="liquidator.toml (for redis and key_prefix)")
+        q.add_argument("--redis", help="Redis URL (overrides the config)")
+        q.add_argument("--key-prefix", help="the liquidator's key prefix (default margin:liq)")
+        q.add_argument("--by", help="who decides (default: the login name)")
+        q.set_defaults(func=_liquidation(name))
     return p
+
+
+def _liquidation(name: str):
+    def run(args) -> int:
+        from .liquidator import cli
+
+        return getattr(cli, name)(args)
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,24 @@
+"""Automated forced liquidation (强制平仓): a Redis Streams worker that turns the monitor's
+FORCED_LIQUIDATION and CALL_EXPIRED alerts into orders for the broker's order system, at least
+once and idempotent (docs/liquidation.md).
+
+- :class:`Liquidator` (worker.py): the consumer-group worker behind ``margin-monitor liquidator``.
+- :class:`LiquidationControl` (control.py): approvals and the kill switch, for the CLI and the
+  risk desk.
+- hooks.py: where orders go (Redis stream, signed webhook, Python function); ``verify`` for
+  webhook receivers.
+- repricer.py: fresh plans from the running monitor when a trigger's plan is too old.
+"""
+
+from .config import LiquidatorConfig, load_liquidator_config
+from .control import ControlError, LiquidationControl
+from .hooks import HookError, PermanentHookError, sign, verify
+from .orders import Keys, build_orders, order_id
+from .repricer import HttpRepricer, PermanentRepriceError, RepriceError, Repricer
+from .worker import Liquidator
+
+__all__ = [
+    "ControlError", "HookError", "HttpRepricer", "Keys", "LiquidationControl", "Liquidator",
+    "LiquidatorConfig", "PermanentHookError", "PermanentRepriceError", "RepriceError",
+    "Repricer", "build_orders", "load_liquidator_config", "order_id", "sign", "verify",
+]

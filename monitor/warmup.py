@@ -13,8 +13,11 @@ SAMPLE_BOOK = Path(__file__).parent / "data" / "sample_book.json"
 
 def warm_up() -> float:
     """Run every kernel once on the sample book; returns the seconds it took."""
+    from feeds.ticks import TickParser
+
     from .bookio import load_book
     from .engine import Engine, EngineConfig
+    from .runtime import universe_of
     from .state import MarginState
 
     t0 = time.perf_counter()
@@ -31,4 +34,7 @@ def warm_up() -> float:
         state.stress_many(np.repeat(idx, 16))  # the bulk branch
         for a in range(book.n_accounts):
             state.plan(a)
+    parser = TickParser(universe_of(book))  # the feed guard's kernel
+    parser.parse(b'[{"symbol": "%s", "price": %.3f, "ts": 1}]'
+                 % (book.symbols[0].encode(), book.price[0] / 1000))
     return time.perf_counter() - t0

@@ -27,8 +27,8 @@ def monitor_proc(redis_fresh, tmp_path):
     tok.write_text(TOKEN)
     port = free_port()
     cmd = [sys.executable, "-m", "monitor.cli", "run", "--book", str(SAMPLE),
-           "--feed", f"{redis_fresh.url}/ticks?block_ms=100",
-           "--events", f"{redis_fresh.url}/acct?block_ms=100",
+           "--feed", f"{redis_fresh.url}/ticks?block_ms=100&start=0",
+           "--events", f"{redis_fresh.url}/acct?block_ms=100&start=0",
            "--redis", redis_fresh.url, "--alerts-stream", "it:alerts",
            "--listen", f"127.0.0.1:{port}", "--token-file", str(tok)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")

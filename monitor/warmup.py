@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.units import PRICE_SCALE
+
 SAMPLE_BOOK = Path(__file__).parent / "data" / "sample_book.json"
 
 
@@ -36,5 +38,5 @@ def warm_up() -> float:
             state.plan(a)
     parser = TickParser(universe_of(book))  # the feed guard's kernel
     parser.parse(b'[{"symbol": "%s", "price": %.3f, "ts": 1}]'
-                 % (book.symbols[0].encode(), book.price[0] / 1000))
+                 % (book.symbols[0].encode(), book.price[0] / PRICE_SCALE))
     return time.perf_counter() - t0

@@ -88,20 +88,27 @@ class RunConfig:
         return self.token
 
 
+def read_toml(path: str, known: set[str]) -> dict:
+    """The settings of a TOML file, `a-b` read as `a_b`; an unknown setting is an error."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    out = {}
+    for k, v in data.items():
+        key = k.replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"{path}: unknown setting {k!r}")
+        out[key] = v
+    return out
+
+
 def load_config(path: str | None, overrides: dict) -> RunConfig:
     cfg = RunConfig()
-    known = {f.name for f in fields(RunConfig)} - {"token"}
     if path:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
-        for k, v in data.items():
-            key = k.replace("-", "_")
-            if key not in known:
-                raise ConfigError(f"{path}: unknown setting {k!r}")
+        for key, v in read_toml(path, {f.name for f in fields(RunConfig)} - {"token"}).items():
             setattr(cfg, key, v)
     for k, v in overrides.items():
         if v is not None:

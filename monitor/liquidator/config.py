@@ -43,11 +43,10 @@ from __future__ import annotations
 
 import os
 import socket
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import ConfigError, read_toml
 
 MODES = ("auto", "approve", "notify")
 
@@ -158,16 +157,7 @@ def load_liquidator_config(path: str | None, overrides: dict) -> LiquidatorConfi
     cfg = LiquidatorConfig()
     known = {f.name for f in fields(LiquidatorConfig)} - _SECRET_FIELDS
     if path:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
-        for k, v in data.items():
-            key = k.replace("-", "_")
-            if key not in known:
-                raise ConfigError(f"{path}: unknown setting {k!r}")
+        for key, v in read_toml(path, known).items():
             if key == "modes":
                 if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
                     raise ConfigError(f"{path}: modes must be a table of profile = \"mode\"")
@@ -177,7 +167,7 @@ def load_liquidator_config(path: str | None, overrides: dict) -> LiquidatorConfi
                 if want is float and isinstance(v, int) and not isinstance(v, bool):
                     v = float(v)
                 if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                    raise ConfigError(f"{path}: {k} must be a {want.__name__}")
+                    raise ConfigError(f"{path}: {key} must be a {want.__name__}")
             setattr(cfg, key, v)
     for k, v in overrides.items():
         if v is None:

@@ -61,7 +61,7 @@ class StreamReader:
     the account-event source."""
 
     def __init__(self, url: str, stream: str, *, start: str = "$", block_ms: int = 1000,
-                 count: int = 1000, field: str = "data", backoff_initial: float = 0.1,
+                 count: int = 50, field: str = "data", backoff_initial: float = 0.1,
                  backoff_max: float = 5.0, connect_timeout: float = 2.0,
                  socket_timeout: float | None = None, name: str = ""):
         self.url = url
@@ -143,7 +143,7 @@ class StreamReader:
 
 class RedisFeed(BaseFeed):
     def __init__(self, universe, url: str, stream: str, *, start: str = "$",
-                 block_ms: int = 1000, count: int = 1000, field: str = "data",
+                 block_ms: int = 1000, count: int = 50, field: str = "data",
                  backoff_initial: float = 0.1, backoff_max: float = 5.0,
                  connect_timeout: float = 2.0, socket_timeout: float | None = None,
                  name: str | None = None, max_message_bytes: int = 1 << 20):

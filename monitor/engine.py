@@ -246,21 +246,23 @@ class Engine:
 
     def _call_lifecycle(self, now_ns: int) -> list[dict]:
         """Cure open calls whose account is back at the target; expire those past deadline."""
-        if not self.calls.open_accounts():
+        calls = self.calls
+        if calls.accounts.shape[0] == 0:
             return []
-        st = self.state
-        out = []
-        accts = np.array(self.calls.open_accounts(), dtype=np.int64)
-        A = st.assets()[accts]
-        L = st.liabilities()[accts]
-        T = st.book.profile_lines[st.book.profile_of[accts], u.LINE_TARGET]
+        st, h, b = self.state, self.state.h, self.state.book
+        accts = calls.accounts
+        A = h.base_assets[accts] + st.long_mv[accts]
+        L = h.base_liabilities[accts] + st.short_mv[accts]
+        T = b.profile_lines[b.profile_of[accts], u.LINE_TARGET]
         cured = (L <= 0) | (A * u.RATIO_SCALE >= T * L)
-        for a, ok in zip(accts.tolist(), cured.tolist(), strict=True):
+        due = np.flatnonzero(cured | (calls.deadlines <= now_ns))
+        out = []
+        for a, ok in zip(accts[due].tolist(), cured[due].tolist(), strict=True):
             if ok:
-                call = self.calls.close(a, "CURED", now_ns)
+                call = calls.close(a, "CURED", now_ns)
                 out.append(self._call_event("CALL_CURED", a, call, now_ns, now_ns))
-            elif self.calls.expired(a, now_ns):
-                call = self.calls.close(a, "EXPIRED", now_ns)
+            else:
+                call = calls.close(a, "EXPIRED", now_ns)
                 ev = self._call_event("CALL_EXPIRED", a, call, now_ns, now_ns)
                 ev["plan"] = self.plan(a, now_ns)
                 out.append(ev)
@@ -308,7 +310,7 @@ class Engine:
             "tiers": {name: int(counts[i]) for i, name in enumerate(u.TIER_NAMES)},
             "debt": {name: round(float(debt[i]) / u.MONEY_SCALE, 2)
                      for i, name in enumerate(u.TIER_NAMES)},
-            "open_calls": len(self.calls.open_accounts()),
+            "open_calls": int(self.calls.accounts.shape[0]),
             "cycles": self.cycles,
             "sweeps": self.sweeps,
             "last_cycle": {"ticks": c.ticks, "symbols": c.symbols, "path": c.path,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter, deque
@@ -264,6 +265,8 @@ class Monitor:
         if self.outbox is not None:
             tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         self._publish(self.engine.start(time.time_ns()))
+        gc.collect()
+        gc.freeze()  # the book and start-up objects: full collections then skip them
         log.info("start: %d accounts, %d at WARNING or worse announced", self.book.n_accounts,
                  self.events_emitted)
         cycle = asyncio.create_task(self._cycle_loop(), name="cycle")

@@ -395,6 +395,7 @@ class AlertServer:
             # snapshot was taken is queued for this client, none before it.
             c.snapshot = [encode_event(e) for e in snap
                           if c.match(e.get("tier"), e.get("previous_tier"), e.get("account_id"))]
+            del snap  # held for the whole connection otherwise: GC pressure at 1M accounts
             self._clients.add(c)
             c.sender = asyncio.get_running_loop().create_task(self._sender(c))
             log.info("alert client %s connected (%d clients)", peer, len(self._clients))
@@ -427,6 +428,7 @@ class AlertServer:
                 n += 1
                 if n % 256 == 0:
                     await asyncio.sleep(0)
+            del snap
             while not c.dropped:
                 if c.queue:
                     await ws.send(c.queue.popleft(), text=True)

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
-
-# Numba's OpenMP workers otherwise spin between kernels and take the CPU that Redis, the feed
-# and the websocket clients need (measured: 128-151% of a core for a 41-93% busy main thread).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

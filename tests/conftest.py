@@ -12,8 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,26 @@ def redis_fresh(redis_server):
         redis_server.start()
     redis_server.flushall()
     return redis_server
+
+
+def start_monitor(args: list[str], cwd, timeout: float = 60.0):
+    """`margin-monitor run ARGS --listen 127.0.0.1:<free port>` as a process, returned once
+    /healthz answers: (process, port). The caller stops it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", "run", *args, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate(timeout=5)
+            pytest.fail(f"monitor did not come up: rc={proc.returncode}\n{err.decode()}")
+        time.sleep(0.05)

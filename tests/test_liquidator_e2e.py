@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import orjson
 import pytest
 import redis
-from conftest import free_port
+from conftest import start_monitor
 from test_liquidator import (
     ORDERS,
     SAMPLE,
@@ -142,25 +141,10 @@ def test_worker_killed_mid_hook_another_reclaims_and_the_order_takes_effect_once
 def live_monitor(redis_fresh, tmp_path):
     tok = tmp_path / "token"
     tok.write_text(TOKEN)
-    port = free_port()
-    proc = subprocess.Popen(
-        cli("run", "--book", str(SAMPLE), "--feed", f"{redis_fresh.url}/ticks?block_ms=100",
-            "--events", f"{redis_fresh.url}/acct?block_ms=100", "--redis", redis_fresh.url,
-            "--listen", f"127.0.0.1:{port}", "--token-file", str(tok)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate(timeout=5)
-            pytest.fail(f"monitor did not come up: rc={proc.returncode}\n{err.decode()}")
-        time.sleep(0.05)
+    proc, port = start_monitor(
+        ["--book", str(SAMPLE), "--feed", f"{redis_fresh.url}/ticks?block_ms=100",
+         "--events", f"{redis_fresh.url}/acct?block_ms=100", "--redis", redis_fresh.url,
+         "--token-file", str(tok)], tmp_path)
     yield port
     proc.send_signal(signal.SIGTERM)
     try:

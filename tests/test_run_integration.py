@@ -3,10 +3,7 @@ a real Redis stream and a real websocket client, identical payloads on both."""
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
-from conftest import free_port
+from conftest import start_monitor
 from websockets.asyncio.client import connect
 
 SAMPLE = Path(__file__).resolve().parents[1] / "monitor" / "data" / "sample_book.json"
@@ -25,27 +22,11 @@ TOKEN = "integration-test-token-0123456789"
 def monitor_proc(redis_fresh, tmp_path):
     tok = tmp_path / "token"
     tok.write_text(TOKEN)
-    port = free_port()
-    cmd = [sys.executable, "-m", "monitor.cli", "run", "--book", str(SAMPLE),
-           "--feed", f"{redis_fresh.url}/ticks?block_ms=100&start=0",
-           "--events", f"{redis_fresh.url}/acct?block_ms=100&start=0",
-           "--redis", redis_fresh.url, "--alerts-stream", "it:alerts",
-           "--listen", f"127.0.0.1:{port}", "--token-file", str(tok)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out, err = proc.communicate(timeout=5)
-            pytest.fail(f"monitor did not come up: rc={proc.returncode}\n{err.decode()}")
-        time.sleep(0.1)
+    proc, port = start_monitor(
+        ["--book", str(SAMPLE), "--feed", f"{redis_fresh.url}/ticks?block_ms=100&start=0",
+         "--events", f"{redis_fresh.url}/acct?block_ms=100&start=0",
+         "--redis", redis_fresh.url, "--alerts-stream", "it:alerts", "--token-file", str(tok)],
+        tmp_path)
     yield proc, port, redis_fresh
     if proc.poll() is None:
         proc.kill()

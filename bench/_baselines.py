@@ -23,9 +23,12 @@ def segment_sums(ptr: np.ndarray, values: np.ndarray) -> np.ndarray:
     n = ptr.shape[0] - 1
     if values.shape[0] == 0:
         return np.zeros(n, dtype=np.int64)
-    starts = np.minimum(ptr[:-1], values.shape[0] - 1)
-    out = np.add.reduceat(values, starts)
-    out[ptr[1:] == ptr[:-1]] = 0
+    # reduceat over the non-empty segments only: their starts strictly increase, and each sum
+    # runs to the next one's start (or the end), which is exactly the segment
+    nonempty = np.flatnonzero(ptr[1:] > ptr[:-1])
+    out = np.zeros(n, dtype=np.int64)
+    if nonempty.shape[0]:
+        out[nonempty] = np.add.reduceat(values, ptr[:-1][nonempty])
     return out
 
 

@@ -275,7 +275,38 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--key-prefix", help="the liquidator's key prefix (default margin:liq)")
         q.add_argument("--by", help="who decides (default: the login name)")
         q.set_defaults(func=_liquidation(name))
+
+    # capacity benchmark (docs/capacity.md); runner in monitor/benchcmd.py
+    bn = sub.add_parser("bench", help="capacity benchmark: sweep vs NumPy and Python, "
+                                      "incremental, end to end, ingest, memory, cold start")
+    bn.add_argument("--quick", action="store_true",
+                    help="CI size: 10k and 50k accounts, short end-to-end runs (under a minute)")
+    bn.add_argument("--accounts", help="book sizes, e.g. 10k,100k,1M (default 10k,100k,1M)")
+    bn.add_argument("--threads", help="sweep thread counts, e.g. 1,2 (default 1 and every core; "
+                                      "--quick: 1)")
+    bn.add_argument("--rates", help="input ticks/s of the latency runs (default "
+                                    "20000,100000,200000; --quick: 20000,100000)")
+    bn.add_argument("--saturation-rates", help="ramp rates of the ingest saturation probe "
+                                               "(default 500000,1000000,2000000)")
+    bn.add_argument("--e2e-seconds", type=float,
+                    help="seconds per end-to-end phase (default 5; --quick: 1)")
+    bn.add_argument("--repeats", type=int, help="repetitions per kernel figure (default 25; "
+                                                "--quick: 7)")
+    bn.add_argument("--securities", type=int, default=5000)
+    bn.add_argument("--seed", type=int, default=7)
+    bn.add_argument("--p99-ms", type=float, default=10.0,
+                    help="tick -> event p99 limit of the capacity line (ms)")
+    bn.add_argument("--cores", type=int, default=8, help="core count of the projected capacity")
+    bn.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs")
+    bn.add_argument("--output", default="bench-results", help="output folder")
+    bn.set_defaults(func=_bench)
     return p
+
+
+def _bench(args) -> int:
+    from .benchcmd import run
+
+    return run(args)
 
 
 def _liquidation(name: str):

@@ -89,64 +89,57 @@ class LiquidationControl:
 
     async def approve(self, event_id: str, by: str, note: str = "") -> dict:
         """Queue a pending plan for sending; returns the updated record."""
-        from redis.exceptions import WatchError
 
-        by = _who(by)
-        while True:
-            async with self._r.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(self.keys.approvals, self.keys.kill)
-                    raw = await pipe.hget(self.keys.approvals, event_id)
-                    if raw is None:
-                        raise ControlError(f"no plan {event_id!r} in the approvals list")
-                    rec = orjson.loads(raw)
-                    if rec.get("state") != "pending":
-                        raise ControlError(f"plan {event_id!r} is already {rec.get('state')}")
-                    kill = await pipe.get(self.keys.kill)
-                    if kill is not None:
-                        raise ControlError("the kill switch is on: no order can be sent; "
-                                           "release it first (kill-switch off)")
-                    rec.update(state="approved", decided_by=by, decided_ns=time.time_ns(),
-                               note=str(note)[:500])
-                    pipe.multi()
-                    pipe.hset(self.keys.approvals, event_id, orjson.dumps(rec))
-                    pipe.xadd(self.keys.approved, {b"event_id": event_id.encode(),
-                                                   b"by": by.encode()},
-                              maxlen=AUDIT_MAXLEN, approximate=True)
-                    pipe.xadd(self.keys.audit, audit_entry(
-                        "approved", event_id=event_id, account_id=rec.get("account_id"), by=by,
-                        note=rec["note"]), maxlen=AUDIT_MAXLEN, approximate=True)
-                    await pipe.execute()
-                    return rec
-                except WatchError:
-                    continue
+        async def check(pipe):
+            if await pipe.get(self.keys.kill) is not None:
+                raise ControlError("the kill switch is on: no order can be sent; "
+                                   "release it first (kill-switch off)")
+
+        def write(pipe, rec, now):
+            pipe.hset(self.keys.approvals, event_id, orjson.dumps(rec))
+            pipe.xadd(self.keys.approved, {b"event_id": event_id.encode(),
+                                           b"by": rec["decided_by"].encode()},
+                      maxlen=AUDIT_MAXLEN, approximate=True)
+
+        return await self._decide(event_id, "approved", by, note, write, check,
+                                  watch=(self.keys.kill,))
 
     async def reject(self, event_id: str, by: str, note: str = "") -> dict:
         """Drop a pending plan for good (recorded as done: ``rejected``)."""
+
+        def write(pipe, rec, now):
+            done = {"outcome": "rejected", "by": rec["decided_by"], "note": rec["note"],
+                    "ts": now, "order_ids": []}
+            pipe.hdel(self.keys.approvals, event_id)
+            pipe.set(self.keys.done(event_id), orjson.dumps(done), nx=True,
+                     ex=max(1, int(self.done_ttl)))
+
+        return await self._decide(event_id, "rejected", by, note, write)
+
+    async def _decide(self, event_id, state, by, note, write, check=None, watch=()) -> dict:
+        """Move a pending plan to `state` under an optimistic lock on the approvals list (and
+        `watch`), writing `write(pipe, record, now)` and an audit entry in one transaction."""
         from redis.exceptions import WatchError
 
         by = _who(by)
         while True:
             async with self._r.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(self.keys.approvals)
+                    await pipe.watch(self.keys.approvals, *watch)
                     raw = await pipe.hget(self.keys.approvals, event_id)
                     if raw is None:
                         raise ControlError(f"no plan {event_id!r} in the approvals list")
                     rec = orjson.loads(raw)
                     if rec.get("state") != "pending":
                         raise ControlError(f"plan {event_id!r} is already {rec.get('state')}")
+                    if check is not None:
+                        await check(pipe)
                     now = time.time_ns()
-                    rec.update(state="rejected", decided_by=by, decided_ns=now,
-                               note=str(note)[:500])
-                    done = {"outcome": "rejected", "by": by, "note": rec["note"], "ts": now,
-                            "order_ids": []}
+                    rec.update(state=state, decided_by=by, decided_ns=now, note=str(note)[:500])
                     pipe.multi()
-                    pipe.hdel(self.keys.approvals, event_id)
-                    pipe.set(self.keys.done(event_id), orjson.dumps(done), nx=True,
-                             ex=max(1, int(self.done_ttl)))
+                    write(pipe, rec, now)
                     pipe.xadd(self.keys.audit, audit_entry(
-                        "rejected", event_id=event_id, account_id=rec.get("account_id"), by=by,
+                        state, event_id=event_id, account_id=rec.get("account_id"), by=by,
                         note=rec["note"]), maxlen=AUDIT_MAXLEN, approximate=True)
                     await pipe.execute()
                     return rec

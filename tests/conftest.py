@@ -182,3 +182,23 @@ def start_monitor(args: list[str], cwd, timeout: float = 60.0):
             _, err = proc.communicate(timeout=5)
             pytest.fail(f"monitor did not come up: rc={proc.returncode}\n{err.decode()}")
         time.sleep(0.05)
+
+
+async def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """Raw HTTP/1.1 GET with the exact request target (no client-side path normalisation):
+    (status, headers lower-cased with the first of repeated ones, body)."""
+    import asyncio
+
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    w.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(r.read(), 5)
+    w.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *hdr_lines = head.decode("latin-1").split("\r\n")
+    hdrs: dict = {}
+    for h in hdr_lines:
+        k, _, v = h.partition(":")
+        hdrs.setdefault(k.strip().lower(), v.strip())
+    return int(status_line.split()[1]), hdrs, body

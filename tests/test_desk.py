@@ -11,6 +11,7 @@ import time
 import numpy as np
 import orjson
 import pytest
+from conftest import raw_get
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -340,20 +341,6 @@ async def test_acks_in_redis(book, redis_fresh):
 
 # ------------------------------------------------------------------------------ the server side
 
-async def raw(port, path, headers=None):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    w.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = await asyncio.wait_for(r.read(), 5)
-    w.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *hdr_lines = head.decode("latin-1").split("\r\n")
-    hdrs = {}
-    for h in hdr_lines:
-        k, _, v = h.partition(":")
-        hdrs.setdefault(k.strip().lower(), v.strip())
-    return int(status_line.split()[1]), hdrs, body
 
 
 @pytest.fixture
@@ -376,14 +363,14 @@ async def served(book, tmp_path):
 
 async def test_session_cookie_token_form_and_api_auth(served):
     desk, server, port = served
-    st, hdrs, body = await raw(port, "/")
+    st, hdrs, body = await raw_get(port, "/")
     assert st == 401 and b"<form" in body and b"desk.js" not in body and b"Wrong" not in body
-    st, _, body = await raw(port, "/?token=wrong")
+    st, _, body = await raw_get(port, "/?token=wrong")
     assert st == 401 and b"Wrong token" in body and b"ratio" not in body
     for path in ("/desk.js", "/api/summary", "/api/worst", "/logout"):
-        assert (await raw(port, path))[0] == 401
-        assert (await raw(port, path, {"Authorization": "Bearer wrong"}))[0] == 401
-    st, hdrs, body = await raw(port, f"/?token={TOKEN}")
+        assert (await raw_get(port, path))[0] == 401
+        assert (await raw_get(port, path, {"Authorization": "Bearer wrong"}))[0] == 401
+    st, hdrs, body = await raw_get(port, f"/?token={TOKEN}")
     assert st == 200 and body.startswith(b"<!doctype html>")
     cookie = hdrs["set-cookie"]
     name = f"mm_desk_{port}"
@@ -392,15 +379,15 @@ async def test_session_cookie_token_form_and_api_auth(served):
     assert "script-src 'self'" in hdrs["content-security-policy"]
     assert hdrs["referrer-policy"] == "no-referrer"
     jar = {"Cookie": cookie.split(";")[0]}
-    assert (await raw(port, "/desk.js", jar))[0] == 200
-    st, _, body = await raw(port, "/api/summary", jar)
+    assert (await raw_get(port, "/desk.js", jar))[0] == 200
+    st, _, body = await raw_get(port, "/api/summary", jar)
     assert st == 200 and orjson.loads(body)["accounts"] == desk.book.n_accounts
-    st, _, body = await raw(port, "/api/worst?n=3", {"Authorization": f"Bearer {TOKEN}"})
+    st, _, body = await raw_get(port, "/api/worst?n=3", {"Authorization": f"Bearer {TOKEN}"})
     assert st == 200 and len(orjson.loads(body)["rows"]) == 3
-    assert (await raw(port, "/api/worst", {"Cookie": f"{name}=forged"}))[0] == 401
-    assert (await raw(port, "/api/nope", jar))[0] == 404
-    assert (await raw(port, "/api/worst?n=-1", jar))[0] == 400
-    st, hdrs, _ = await raw(port, "/logout", jar)
+    assert (await raw_get(port, "/api/worst", {"Cookie": f"{name}=forged"}))[0] == 401
+    assert (await raw_get(port, "/api/nope", jar))[0] == 404
+    assert (await raw_get(port, "/api/worst?n=-1", jar))[0] == 400
+    st, hdrs, _ = await raw_get(port, "/logout", jar)
     assert st == 303 and hdrs["location"] == "/" and "Max-Age=0" in hdrs["set-cookie"]
     # the websocket: cookie only from the same origin
     ws_url = f"ws://127.0.0.1:{port}/ws/alerts?snapshot=0&acks=1"

@@ -11,6 +11,7 @@ import time
 
 import orjson
 import pytest
+from conftest import raw_get
 from prometheus_client import CollectorRegistry, Gauge
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -73,18 +74,6 @@ def auth() -> dict:
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def http(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """Raw HTTP/1.1 GET with the exact request target (no client-side path normalisation)."""
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    w.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = await asyncio.wait_for(r.read(), 5)
-    w.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *hdr_lines = head.decode("latin-1").split("\r\n")
-    hdrs = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in hdr_lines)}
-    return int(status_line.split()[1]), hdrs, body
 
 
 async def recv_json(ws, timeout: float = 5.0) -> dict:
@@ -112,7 +101,7 @@ async def test_auth_on_every_protected_route(make_server, world):
                 pass
         assert ei.value.response.status_code == 401
     # 401 and nothing else: no snapshot leaks into the body
-    st, hdrs, body = await http(port, "/ws/alerts")
+    st, hdrs, body = await raw_get(port, "/ws/alerts")
     assert st == 401 and body == b"Unauthorized.\n" and "bearer" in hdrs["www-authenticate"].lower()
     # right token, either way
     async with connect(ws_url(port), additional_headers=auth()) as ws:
@@ -120,22 +109,22 @@ async def test_auth_on_every_protected_route(make_server, world):
     async with connect(ws_url(port, f"?token={TOKEN}")) as ws:
         assert (await recv_json(ws))["event_id"] == "e--3"
     # /metrics needs the token
-    assert (await http(port, "/metrics"))[0] == 401
-    assert (await http(port, "/metrics?token=bad"))[0] == 401
-    st, hdrs, body = await http(port, "/metrics", auth())
+    assert (await raw_get(port, "/metrics"))[0] == 401
+    assert (await raw_get(port, "/metrics?token=bad"))[0] == 401
+    st, hdrs, body = await raw_get(port, "/metrics", auth())
     assert st == 200 and b"mm_test_gauge 7.0" in body and hdrs["content-type"].startswith(
         "text/plain")
-    assert (await http(port, f"/metrics?token={TOKEN}"))[0] == 200
+    assert (await raw_get(port, f"/metrics?token={TOKEN}"))[0] == 200
     # /healthz is open; 503 when not ok
-    st, hdrs, body = await http(port, "/healthz")
+    st, hdrs, body = await raw_get(port, "/healthz")
     assert st == 200 and orjson.loads(body) == world.health
     assert hdrs["content-type"] == "application/json"
     world.health = {"ok": False, "reason": "feed stale"}
-    st, _, body = await http(port, "/healthz")
+    st, _, body = await raw_get(port, "/healthz")
     assert st == 503 and orjson.loads(body)["reason"] == "feed stale"
     # anything else
-    assert (await http(port, "/nope"))[0] == 404
-    assert (await http(port, "/ws/alerts/extra", auth()))[0] == 404
+    assert (await raw_get(port, "/nope"))[0] == 404
+    assert (await raw_get(port, "/ws/alerts/extra", auth()))[0] == 404
     assert s.stats()["rejected_auth"] == 9
 
 
@@ -275,7 +264,7 @@ async def test_connection_cap(make_server):
     assert ei.value.response.status_code == 503
     assert s.stats()["rejected_full"] == 1
     # plain HTTP routes still work at the cap
-    assert (await http(port, "/healthz"))[0] == 200
+    assert (await raw_get(port, "/healthz"))[0] == 200
     await clients.pop().close()
     await asyncio.sleep(0.05)
     clients.append(await connect(ws_url(port), additional_headers=auth()))
@@ -308,16 +297,16 @@ async def test_static_files_need_token_and_stay_inside_root(make_server, tmp_pat
     (tmp_path / "secret.txt").write_text("do not serve")
     (root / "link").symlink_to(tmp_path / "secret.txt")
     s, port = await make_server(static_dir=root)
-    assert (await http(port, "/"))[0] == 401
-    st, hdrs, body = await http(port, "/", auth())
+    assert (await raw_get(port, "/"))[0] == 401
+    st, hdrs, body = await raw_get(port, "/", auth())
     assert st == 200 and body == b"<h1>risk desk</h1>" and hdrs["content-type"].startswith(
         "text/html")
-    st, hdrs, body = await http(port, f"/js/app.js?token={TOKEN}")
+    st, hdrs, body = await raw_get(port, f"/js/app.js?token={TOKEN}")
     assert st == 200 and body == b"console.log(1)"
     for evil in ("/../secret.txt", "/%2e%2e/secret.txt", "/js/%2E%2E/%2E%2E/secret.txt",
                  "/..%2fsecret.txt", "/link", "/%00", "//etc/passwd", "/js/../../secret.txt",
                  "/missing.html"):
-        st, _, body = await http(port, evil, auth())
+        st, _, body = await raw_get(port, evil, auth())
         assert st == 404, evil
         assert b"do not serve" not in body
 
@@ -332,7 +321,7 @@ async def test_tokens_never_logged(make_server, caplog):
     with pytest.raises(InvalidStatus):
         async with connect(ws_url(port, "?token=wrong-token-value")):
             pass
-    await http(port, f"/metrics?token={TOKEN}")
+    await raw_get(port, f"/metrics?token={TOKEN}")
     ours = [r for r in caplog.records if r.name.startswith("monitor")]
     assert any(r.name == "monitor.server.websockets" and "< GET /ws/alerts?token=***" in
                r.getMessage() for r in ours)  # the library's debug request log is captured...

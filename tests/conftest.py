@@ -7,6 +7,7 @@ Tests skip with a clear message when the binary is missing (`scripts/test` insta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -187,8 +188,6 @@ def start_monitor(args: list[str], cwd, timeout: float = 60.0):
 async def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
     """Raw HTTP/1.1 GET with the exact request target (no client-side path normalisation):
     (status, headers lower-cased with the first of repeated ones, body)."""
-    import asyncio
-
     r, w = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]

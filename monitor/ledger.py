@@ -8,6 +8,8 @@ counted in `rebuilds`; about a second at 1M accounts) with fresh free rows.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from kernels import units as u
 
 from .book import BOOK_SLOTS, Holdings
@@ -69,7 +71,7 @@ class Ledger:
     def rebuild(self) -> None:
         """Fresh free rows everywhere, from the book; market values re-swept (exact)."""
         st = self.state
-        st.book = st.book.with_slack(BOOK_SLOTS)
+        self._reslack()
         st.h = Holdings.from_book(st.book, slack=True)
         st.sweep()
         self.rebuilds += 1
@@ -78,7 +80,7 @@ class Ledger:
     def _open_book_row(self, a, s, kind, margin_ratio) -> int:
         b = self.state.book
         if b.pos_used[a] >= b.pos_ptr[a + 1] - b.pos_ptr[a]:
-            self.state.book = b = b.with_slack(BOOK_SLOTS)
+            self._reslack()
             self.rebuilds += 1
         j = int(b.pos_ptr[a] + b.pos_used[a])
         b.pos_used[a] += 1
@@ -89,6 +91,15 @@ class Ledger:
         b.pos_margin_ratio[j] = 1.0 if margin_ratio is None and kind != u.COLLATERAL \
             else (margin_ratio or 0.0)
         return j
+
+    def _reslack(self) -> None:
+        """Fresh free position rows, in place: the Book object stays the one that callers
+        (an account event half-way through a fill, the desk) hold, so no write goes to a
+        discarded copy."""
+        b = self.state.book
+        new = b.with_slack(BOOK_SLOTS)
+        for f in fields(new):
+            setattr(b, f.name, getattr(new, f.name))
 
     def _change_holding(self, a, s, short, dqty) -> None:
         st, h = self.state, self.state.h

@@ -1,0 +1,311 @@
+"""Reach: re-evaluate per cycle only the accounts that prices could have moved across a line.
+
+An account's market values were last computed exactly at the reference prices `ref` of its
+chunk. Securities fall into N_CLASSES fixed price classes (cheap stocks move most in relative
+terms: one tick of a 2-yuan stock is 0.5%). Since the chunk's last refresh every security s of
+class g moved by at most delta_g·ref_s, and quantities are >= 0, so with the price-independent
+base amounts fixed, A·S − line·L moves by at most
+
+    sum_g delta_g · (LMV_g·S + line·SMV_g)   (LMV_g, SMV_g: the class's values at ref).
+
+The reported tier r (hysteresis, ratios.py) can only get worse when A·S < lo(r)·L and only
+better when A·S >= hi(r)·L with hi(r) = lo(r + 1) + band. With c = the larger of the two lines,
+D = sum_g (LMV_g·S + c·SMV_g) and f_g = (LMV_g·S + c·SMV_g) / D, the tier cannot change while
+
+    sum_g delta_g · f_g  <  reach = min(A·S − lo(r)·L, hi(r)·L − A·S) / D.
+
+`reach` is float32 rounded towards zero and each f_g is a uint8 share rounded up (so the sum
+over-states the move), with margins far above float rounding; deltas are rounded up. An
+account that fails the test is evaluated exactly (integer money, from its positions at the
+current prices), so the results equal a full sweep's, cycle for cycle; tests/test_reach.py
+checks the bound and that equality.
+"""
+
+import numba as nb
+import numpy as np
+
+from .ratios import _next_tier_bf
+from .units import (
+    FORCED_LIQUIDATION,
+    LINE_MARGIN_CALL,
+    LINE_NORMAL,
+    LINE_WARNING,
+    LINE_WITHDRAWABLE,
+    NO_DEBT,
+    RATIO_SCALE,
+    WITHDRAWABLE,
+)
+
+N_CLASSES = 4
+PINNED = np.float32(-1.0)  # reach of an account evaluated every cycle until its next refresh
+_INF = np.float32(np.inf)
+_SAFE_REL = 1e-9  # relative margin on float64 quantities: far above float64 rounding
+_SHARE = 255.0  # class shares are stored as uint8 numerators over this
+
+
+def price_classes(price: np.ndarray) -> np.ndarray:
+    """Class of each security (0 = cheapest quarter of the book's prices ... 3 = dearest),
+    fixed for a run: the deltas and the per-account shares must use the same classes."""
+    edges = np.quantile(price, [0.25, 0.5, 0.75]) if price.shape[0] else np.zeros(3)
+    return np.searchsorted(edges, price, side="right").astype(np.int8)
+
+
+@nb.njit(cache=True, inline="always")
+def _values(a, price, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_qty):
+    lmv = np.int64(0)
+    for j in range(long_ptr[a], long_ptr[a + 1]):
+        lmv += long_qty[j] * price[long_sec[j]]
+    smv = np.int64(0)
+    for j in range(short_ptr[a], short_ptr[a + 1]):
+        smv += short_qty[j] * price[short_sec[j]]
+    return lmv, smv
+
+
+@nb.njit(cache=True)
+def account_values(accounts, price, long_ptr, long_sec, long_qty, short_ptr, short_sec,
+                   short_qty, long_mv_out, short_mv_out):
+    """Exact long and short market values of `accounts` at `price`, from their positions."""
+    for i in range(accounts.shape[0]):
+        lmv, smv = _values(accounts[i], price, long_ptr, long_sec, long_qty, short_ptr,
+                           short_sec, short_qty)
+        long_mv_out[i] = lmv
+        short_mv_out[i] = smv
+
+
+@nb.njit(cache=True)
+def short_values(price, short_ptr, short_sec, short_qty, short_mv_out):
+    """Exact short market value of every account (shorts are few: cheaper than a sweep)."""
+    for a in range(short_mv_out.shape[0]):
+        s = np.int64(0)
+        for j in range(short_ptr[a], short_ptr[a + 1]):
+            s += short_qty[j] * price[short_sec[j]]
+        short_mv_out[a] = s
+
+
+@nb.njit(cache=True, inline="always")
+def _line(tier, l_wd, l_normal, l_warning, l_call):
+    """The line an account must clear to be in `tier` (1..4), in bp."""
+    if tier == 1:
+        return l_call
+    if tier == 2:
+        return l_warning
+    if tier == 3:
+        return l_normal
+    return l_wd
+
+
+@nb.njit(cache=True, inline="always")
+def _room(reported, assets, liabilities, base_liabilities, smv, l_wd, l_normal, l_warning,
+          l_call, band_bp):
+    """(room, c): how far A·S − line·L may move either way before the reported tier can
+    change (rounded down), and the larger line c that weights short values in D. room is
+    +inf when prices cannot change the tier, 0 when the account must always be evaluated."""
+    if reported < FORCED_LIQUIDATION or reported > NO_DEBT:
+        return 0.0, 0.0  # nothing reported yet
+    if reported == NO_DEBT:
+        # L = base + SMV <= 0 stays so only while no short can rise (base L >= 0 in a book)
+        return (np.inf, 0.0) if smv == 0 else (0.0, 0.0)
+    if base_liabilities <= 0 and smv > 0:
+        return 0.0, 0.0  # L could fall to zero: always evaluate
+    S = float(RATIO_SCALE)
+    A, L = float(assets), float(liabilities)
+    room = np.inf
+    c = 0.0
+    if reported > FORCED_LIQUIDATION:  # can fall through the line it stands on
+        lo = float(_line(reported, l_wd, l_normal, l_warning, l_call))
+        room = A * S - lo * L - (_SAFE_REL * (abs(A) * S + lo * abs(L)) + 1.0)
+        c = lo
+    if reported < WITHDRAWABLE:  # can rise through the next line plus the band
+        hi = float(_line(reported + 1, l_wd, l_normal, l_warning, l_call) + band_bp)
+        room = min(room, hi * L - A * S - (_SAFE_REL * (abs(A) * S + hi * abs(L)) + 1.0))
+        c = max(c, hi)
+    return max(room, 0.0), c
+
+
+@nb.njit(cache=True, inline="always")
+def _class_sums(a, price, price_class, long_ptr, long_sec, long_qty, short_ptr, short_sec,
+                short_qty, lsum, ssum):
+    """Long and short market value of account a per price class (and in total). Branch-free
+    register accumulators: a read-modify-write of lsum[class] per row would serialise."""
+    l0 = l1 = l2 = l3 = np.int64(0)
+    for j in range(long_ptr[a], long_ptr[a + 1]):
+        s = long_sec[j]
+        v = long_qty[j] * price[s]
+        g = price_class[s]
+        l0 += v * (g == 0)
+        l1 += v * (g == 1)
+        l2 += v * (g == 2)
+        l3 += v * (g == 3)
+    lsum[0], lsum[1], lsum[2], lsum[3] = l0, l1, l2, l3
+    s0 = s1 = s2 = s3 = np.int64(0)
+    for j in range(short_ptr[a], short_ptr[a + 1]):
+        s = short_sec[j]
+        v = short_qty[j] * price[s]
+        g = price_class[s]
+        s0 += v * (g == 0)
+        s1 += v * (g == 1)
+        s2 += v * (g == 2)
+        s3 += v * (g == 3)
+    ssum[0], ssum[1], ssum[2], ssum[3] = s0, s1, s2, s3
+    return l0 + l1 + l2 + l3, s0 + s1 + s2 + s3
+
+
+@nb.njit(cache=True, inline="always")
+def _set_bound(a, room, c, lsum, ssum, reach, share):
+    """reach[a] = room / D rounded down; share[a, g] = D_g / D rounded up, over _SHARE."""
+    S = float(RATIO_SCALE)
+    D = 0.0
+    for g in range(N_CLASSES):
+        D += float(lsum[g]) * S + c * float(ssum[g])
+    if room == np.inf or D <= 0.0:
+        reach[a] = _INF if room > 0.0 or D <= 0.0 else np.float32(0.0)
+        for g in range(N_CLASSES):
+            share[a, g] = 255
+        return
+    inv = 1.0 / (D * (1.0 + _SAFE_REL))
+    reach[a] = np.float32(room * inv * (1.0 - 1e-6))  # float32 rounding is < 6e-8 relative
+    up = inv * _SHARE * (1.0 + 1e-6) * (1.0 + _SAFE_REL) ** 2
+    for g in range(N_CLASSES):
+        dg = float(lsum[g]) * S + c * float(ssum[g])
+        share[a, g] = np.uint8(min(_SHARE, np.ceil(dg * up)))
+
+
+@nb.njit(cache=True)
+def reach_of(reported, assets, liabilities, base_liabilities, lmv, smv, lines_row, band_bp):
+    """Reach of one account holding one price class (tests): the fraction every price may
+    move before its reported tier can change."""
+    room, c = _room(reported, assets, liabilities, base_liabilities, smv,
+                    lines_row[LINE_WITHDRAWABLE], lines_row[LINE_NORMAL],
+                    lines_row[LINE_WARNING], lines_row[LINE_MARGIN_CALL], band_bp)
+    reach = np.empty(1, dtype=np.float32)
+    share = np.empty((1, N_CLASSES), dtype=np.uint8)
+    lsum = np.zeros(N_CLASSES, dtype=np.int64)
+    ssum = np.zeros(N_CLASSES, dtype=np.int64)
+    lsum[0] = lmv
+    ssum[0] = smv
+    _set_bound(0, room, c, lsum, ssum, reach, share)
+    return float(reach[0])
+
+
+@nb.njit(cache=True)
+def bound_of(reported, assets, liabilities, base_liabilities, lsum, ssum, lines_row, band_bp):
+    """(reach, shares) of one account from its per-class values (tests and tools)."""
+    room, c = _room(reported, assets, liabilities, base_liabilities, ssum.sum(),
+                    lines_row[LINE_WITHDRAWABLE], lines_row[LINE_NORMAL],
+                    lines_row[LINE_WARNING], lines_row[LINE_MARGIN_CALL], band_bp)
+    reach = np.empty(1, dtype=np.float32)
+    share = np.empty((1, N_CLASSES), dtype=np.uint8)
+    _set_bound(0, room, c, lsum, ssum, reach, share)
+    return reach[0], share[0].copy()
+
+
+@nb.njit(cache=True)
+def update_deltas(secs, n, price, price_class, ref_price, deltas):
+    """Raise each chunk's class deltas (`deltas[c, g]`) by the moves of `secs[:n]` (already
+    at `price`) against the chunk's reference prices (`ref_price[c, s]`)."""
+    for c in range(deltas.shape[0]):
+        for i in range(n):
+            s = secs[i]
+            r = ref_price[c, s]
+            dev = abs(price[s] - r) / r * (1.0 + _SAFE_REL)
+            g = price_class[s]
+            if dev > deltas[c, g]:
+                deltas[c, g] = dev
+
+
+@nb.njit(cache=True, inline="always")
+def _rebase_one(a, price, price_class, long_ptr, long_sec, long_qty, short_ptr, short_sec,
+                short_qty, base_assets, base_liabilities, profile_of, profile_lines, band,
+                reported, reach, share, lsum, ssum):
+    """Exact values of account a at `price` and its bound; returns (lmv, smv, new tier)."""
+    lmv, smv = _class_sums(a, price, price_class, long_ptr, long_sec, long_qty, short_ptr,
+                           short_sec, short_qty, lsum, ssum)
+    A = base_assets[a] + lmv
+    L = base_liabilities[a] + smv
+    p = profile_of[a]
+    l0, l1 = profile_lines[p, LINE_WITHDRAWABLE], profile_lines[p, LINE_NORMAL]
+    l2, l3 = profile_lines[p, LINE_WARNING], profile_lines[p, LINE_MARGIN_CALL]
+    t = _next_tier_bf(reported[a], A, L, l0, l1, l2, l3, band)
+    room, c = _room(t, A, L, base_liabilities[a], smv, l0, l1, l2, l3, band)
+    _set_bound(a, room, c, lsum, ssum, reach, share)
+    return lmv, smv, t
+
+
+@nb.njit(cache=True, error_model="numpy")
+def refresh_range(lo, hi, price, price_class, long_ptr, long_sec, long_qty, short_ptr,
+                  short_sec, short_qty, base_assets, base_liabilities, profile_of, profile_lines,
+                  band_bp, long_mv, short_mv, reported, reach, share, previous_out, changed_out,
+                  k):
+    """Exact values, reported tier and bound of accounts lo..hi-1 at `price` (their new
+    reference); tier changes are appended to changed_out/previous_out from index k."""
+    band = np.int64(band_bp)
+    lsum = np.empty(N_CLASSES, dtype=np.int64)
+    ssum = np.empty(N_CLASSES, dtype=np.int64)
+    for a in range(lo, hi):
+        lmv, smv, t = _rebase_one(a, price, price_class, long_ptr, long_sec, long_qty,
+                                  short_ptr, short_sec, short_qty, base_assets,
+                                  base_liabilities, profile_of, profile_lines, band, reported,
+                                  reach, share, lsum, ssum)
+        long_mv[a] = lmv
+        short_mv[a] = smv
+        r = reported[a]
+        if t != r:
+            changed_out[k] = a
+            previous_out[k] = r
+            reported[a] = t
+            k += 1
+    return k
+
+
+@nb.njit(cache=True, parallel=True)
+def rebase_all(n_chunks, chunk, price, price_class, long_ptr, long_sec, long_qty, short_ptr,
+               short_sec, short_qty, base_assets, base_liabilities, profile_of, profile_lines,
+               band_bp, reported, reach, share):
+    """The bound of every account at `price`, its exact tiers already committed (after a full
+    sweep): what switching into reach mode costs."""
+    band = np.int64(band_bp)
+    n = reach.shape[0]
+    for c in nb.prange(n_chunks):
+        lsum = np.empty(N_CLASSES, dtype=np.int64)
+        ssum = np.empty(N_CLASSES, dtype=np.int64)
+        for a in range(c * chunk, min((c + 1) * chunk, n)):
+            _rebase_one(a, price, price_class, long_ptr, long_sec, long_qty, short_ptr,
+                        short_sec, short_qty, base_assets, base_liabilities, profile_of,
+                        profile_lines, band, reported, reach, share, lsum, ssum)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def scan_range(lo, hi, deltas_c, reach, share, price, long_ptr, long_sec, long_qty, short_ptr,
+               short_sec, short_qty, base_assets, base_liabilities, profile_of, profile_lines,
+               band_bp, reported, previous_out, changed_out, k):
+    """Evaluate exactly the accounts lo..hi-1 whose bound the chunk's class deltas
+    (`deltas_c`) may have used up; leaves their reference values alone. Returns the new k and
+    the number evaluated."""
+    band = np.int64(band_bp)
+    # per class: delta / _SHARE, rounded up, so that sum(w_g * share_g) >= sum(delta_g * f_g)
+    w0 = np.float32(deltas_c[0] / _SHARE * (1.0 + 1e-5))
+    w1 = np.float32(deltas_c[1] / _SHARE * (1.0 + 1e-5))
+    w2 = np.float32(deltas_c[2] / _SHARE * (1.0 + 1e-5))
+    w3 = np.float32(deltas_c[3] / _SHARE * (1.0 + 1e-5))
+    checked = 0
+    for a in range(lo, hi):
+        move = (w0 * np.float32(share[a, 0]) + w1 * np.float32(share[a, 1])
+                + w2 * np.float32(share[a, 2]) + w3 * np.float32(share[a, 3]))
+        if reach[a] > move * np.float32(1.0 + 1e-5):
+            continue
+        checked += 1
+        lmv, smv = _values(a, price, long_ptr, long_sec, long_qty, short_ptr, short_sec,
+                           short_qty)
+        A = base_assets[a] + lmv
+        L = base_liabilities[a] + smv
+        p = profile_of[a]
+        r = reported[a]
+        c = _next_tier_bf(r, A, L, profile_lines[p, LINE_WITHDRAWABLE],
+                          profile_lines[p, LINE_NORMAL], profile_lines[p, LINE_WARNING],
+                          profile_lines[p, LINE_MARGIN_CALL], band)
+        if c != r:
+            changed_out[k] = a
+            previous_out[k] = r
+            reported[a] = c
+            k += 1
+    return k, checked

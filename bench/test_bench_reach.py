@@ -17,10 +17,17 @@ import numpy as np
 import pytest
 from conftest import BAND_BP, record
 
-from kernels.reach import N_CLASSES, price_classes, rebase_all, refresh_range, scan_range
+from kernels.reach import (
+    N_CLASSES,
+    price_classes,
+    rebase_all,
+    refresh_range,
+    scan_range,
+    scan_scratch,
+)
 
 DELTAS = (0.0, 0.001, 0.005, 0.02)
-CHUNK = 65_536
+CHUNK = 16_384  # the engine's reach_chunk
 
 
 class Reach:
@@ -35,6 +42,7 @@ class Reach:
         self.previous = np.empty(n, dtype=np.int8)
         self.changed = np.empty(n, dtype=np.int64)
         self.cls = price_classes(b.price)
+        self.cand, self.stage = scan_scratch(n)
 
     def all(self):
         b = self.b
@@ -50,7 +58,8 @@ class Reach:
                           b.long_sec,
                           b.long_qty, b.short_ptr, b.short_sec, b.short_qty, b.base_assets,
                           b.base_liabilities, b.profile_of, b.profile_lines, BAND_BP,
-                          self.reported, self.previous, self.changed, 0)
+                          self.reported, self.previous, self.changed, 0, self.cand,
+                          self.stage)
 
     def refresh(self, lo, hi):
         b = self.b

@@ -24,7 +24,7 @@ checks the bound and that equality.
 import numba as nb
 import numpy as np
 
-from .ratios import _next_tier_bf
+from .ratios import _next_tier_bf, commit_tier
 from .units import (
     FORCED_LIQUIDATION,
     LINE_MARGIN_CALL,
@@ -59,6 +59,13 @@ def _values(a, price, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_
     for j in range(short_ptr[a], short_ptr[a + 1]):
         smv += short_qty[j] * price[short_sec[j]]
     return lmv, smv
+
+
+@nb.njit(cache=True, inline="always")
+def _next_tier(r, A, L, profile_lines, p, band):
+    return _next_tier_bf(r, A, L, profile_lines[p, LINE_WITHDRAWABLE],
+                         profile_lines[p, LINE_NORMAL], profile_lines[p, LINE_WARNING],
+                         profile_lines[p, LINE_MARGIN_CALL], band)
 
 
 @nb.njit(cache=True)
@@ -150,24 +157,36 @@ def _class_sums(a, price, price_class, long_ptr, long_sec, long_qty, short_ptr, 
     return l0 + l1 + l2 + l3, s0 + s1 + s2 + s3
 
 
+_UP = _SHARE * (1.0 + 1e-6) * (1.0 + _SAFE_REL) ** 2  # shares are rounded up by this much
+_DOWN = (1.0 - 1e-6) / (1.0 + _SAFE_REL)  # and reach down by this (float32: < 6e-8 relative)
+
+
+@nb.njit(cache=True, inline="always")
+def _share_of(dg, up):
+    """uint8 share numerator of one class, rounded up (int(x) + 1 > x), capped at _SHARE."""
+    return np.uint8(min(int(dg * up) + 1, 255)) if dg > 0.0 else np.uint8(0)
+
+
 @nb.njit(cache=True, inline="always")
 def _set_bound(a, room, c, lsum, ssum, reach, share):
     """reach[a] = room / D rounded down; share[a, g] = D_g / D rounded up, over _SHARE."""
     S = float(RATIO_SCALE)
-    D = 0.0
-    for g in range(N_CLASSES):
-        D += float(lsum[g]) * S + c * float(ssum[g])
+    d0 = float(lsum[0]) * S + c * float(ssum[0])
+    d1 = float(lsum[1]) * S + c * float(ssum[1])
+    d2 = float(lsum[2]) * S + c * float(ssum[2])
+    d3 = float(lsum[3]) * S + c * float(ssum[3])
+    D = d0 + d1 + d2 + d3
     if room == np.inf or D <= 0.0:
         reach[a] = _INF if room > 0.0 or D <= 0.0 else np.float32(0.0)
-        for g in range(N_CLASSES):
-            share[a, g] = 255
+        share[a, 0] = share[a, 1] = share[a, 2] = share[a, 3] = 255
         return
-    inv = 1.0 / (D * (1.0 + _SAFE_REL))
-    reach[a] = np.float32(room * inv * (1.0 - 1e-6))  # float32 rounding is < 6e-8 relative
-    up = inv * _SHARE * (1.0 + 1e-6) * (1.0 + _SAFE_REL) ** 2
-    for g in range(N_CLASSES):
-        dg = float(lsum[g]) * S + c * float(ssum[g])
-        share[a, g] = np.uint8(min(_SHARE, np.ceil(dg * up)))
+    inv = 1.0 / D
+    reach[a] = np.float32(room * inv * _DOWN)
+    up = inv * _UP
+    share[a, 0] = _share_of(d0, up)
+    share[a, 1] = _share_of(d1, up)
+    share[a, 2] = _share_of(d2, up)
+    share[a, 3] = _share_of(d3, up)
 
 
 @nb.njit(cache=True)
@@ -225,7 +244,7 @@ def _rebase_one(a, price, price_class, long_ptr, long_sec, long_qty, short_ptr, 
     p = profile_of[a]
     l0, l1 = profile_lines[p, LINE_WITHDRAWABLE], profile_lines[p, LINE_NORMAL]
     l2, l3 = profile_lines[p, LINE_WARNING], profile_lines[p, LINE_MARGIN_CALL]
-    t = _next_tier_bf(reported[a], A, L, l0, l1, l2, l3, band)
+    t = _next_tier(reported[a], A, L, profile_lines, p, band)
     room, c = _room(t, A, L, base_liabilities[a], smv, l0, l1, l2, l3, band)
     _set_bound(a, room, c, lsum, ssum, reach, share)
     return lmv, smv, t
@@ -248,12 +267,7 @@ def refresh_range(lo, hi, price, price_class, long_ptr, long_sec, long_qty, shor
                                   reach, share, lsum, ssum)
         long_mv[a] = lmv
         short_mv[a] = smv
-        r = reported[a]
-        if t != r:
-            changed_out[k] = a
-            previous_out[k] = r
-            reported[a] = t
-            k += 1
+        k = commit_tier(a, reported[a], t, reported, previous_out, changed_out, k)
     return k
 
 
@@ -274,38 +288,70 @@ def rebase_all(n_chunks, chunk, price, price_class, long_ptr, long_sec, long_qty
                         profile_lines, band, reported, reach, share, lsum, ssum)
 
 
+_GROUP = 8  # candidates whose scattered loads are issued together
+
+
+def scan_scratch(chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Buffers `scan_range` needs (allocated once by its caller): candidate list of a chunk,
+    and the staged per-candidate scalars of one group."""
+    return np.empty(chunk, dtype=np.int64), np.empty((9, _GROUP), dtype=np.int64)
+
+
 @nb.njit(cache=True, error_model="numpy")
 def scan_range(lo, hi, deltas_c, reach, share, price, long_ptr, long_sec, long_qty, short_ptr,
                short_sec, short_qty, base_assets, base_liabilities, profile_of, profile_lines,
-               band_bp, reported, previous_out, changed_out, k):
+               band_bp, reported, previous_out, changed_out, k, cand, stage):
     """Evaluate exactly the accounts lo..hi-1 whose bound the chunk's class deltas
     (`deltas_c`) may have used up; leaves their reference values alone. Returns the new k and
-    the number evaluated."""
+    the number evaluated.
+
+    Candidates are scattered through the book, so each costs several cache misses; they are
+    evaluated in groups whose scalar loads (row ranges, base amounts, profile, tier) and first
+    rows are all issued before any is used, so the misses overlap instead of queueing."""
     band = np.int64(band_bp)
     # per class: delta / _SHARE, rounded up, so that sum(w_g * share_g) >= sum(delta_g * f_g)
     w0 = np.float32(deltas_c[0] / _SHARE * (1.0 + 1e-5))
     w1 = np.float32(deltas_c[1] / _SHARE * (1.0 + 1e-5))
     w2 = np.float32(deltas_c[2] / _SHARE * (1.0 + 1e-5))
     w3 = np.float32(deltas_c[3] / _SHARE * (1.0 + 1e-5))
-    checked = 0
+    margin = np.float32(1.0 + 1e-5)
+    m = 0
     for a in range(lo, hi):
         move = (w0 * np.float32(share[a, 0]) + w1 * np.float32(share[a, 1])
                 + w2 * np.float32(share[a, 2]) + w3 * np.float32(share[a, 3]))
-        if reach[a] > move * np.float32(1.0 + 1e-5):
-            continue
-        checked += 1
-        lmv, smv = _values(a, price, long_ptr, long_sec, long_qty, short_ptr, short_sec,
-                           short_qty)
-        A = base_assets[a] + lmv
-        L = base_liabilities[a] + smv
-        p = profile_of[a]
-        r = reported[a]
-        c = _next_tier_bf(r, A, L, profile_lines[p, LINE_WITHDRAWABLE],
-                          profile_lines[p, LINE_NORMAL], profile_lines[p, LINE_WARNING],
-                          profile_lines[p, LINE_MARGIN_CALL], band)
-        if c != r:
-            changed_out[k] = a
-            previous_out[k] = r
-            reported[a] = c
-            k += 1
-    return k, checked
+        if reach[a] <= move * margin:
+            cand[m] = a
+            m += 1
+    for g0 in range(0, m, _GROUP):
+        g1 = min(m, g0 + _GROUP)
+        w = g1 - g0
+        for i in range(w):  # stage 1: every scalar of the group, independent loads
+            a = cand[g0 + i]
+            stage[0, i] = long_ptr[a]
+            stage[1, i] = long_ptr[a + 1]
+            stage[2, i] = short_ptr[a]
+            stage[3, i] = short_ptr[a + 1]
+            stage[4, i] = base_assets[a]
+            stage[5, i] = base_liabilities[a]
+            stage[6, i] = profile_of[a]
+            stage[7, i] = reported[a]
+        touch = np.int64(0)
+        for i in range(w):  # stage 2: the first row of each account, again all at once
+            j = stage[0, i]
+            if j < stage[1, i]:
+                touch += long_qty[j] + long_sec[j]
+        stage[8, 0] = touch  # a store keeps the touching loads from being optimised away
+        for i in range(w):  # stage 3: sums and tiers, mostly from cache now
+            a = cand[g0 + i]
+            lmv = np.int64(0)
+            for j in range(stage[0, i], stage[1, i]):
+                lmv += long_qty[j] * price[long_sec[j]]
+            smv = np.int64(0)
+            for j in range(stage[2, i], stage[3, i]):
+                smv += short_qty[j] * price[short_sec[j]]
+            A = stage[4, i] + lmv
+            L = stage[5, i] + smv
+            r = stage[7, i]
+            c = _next_tier(r, A, L, profile_lines, stage[6, i], band)
+            k = commit_tier(a, r, c, reported, previous_out, changed_out, k)
+    return k, m

@@ -20,6 +20,7 @@ from kernels.liquidation import (
 )
 from kernels.margin import available_margin_balance
 from kernels.ratios import plain_tiers, sweep, tier_of
+from kernels.reach import account_values, short_values
 from kernels.stress import distances, stress_ratio
 
 from .book import BOOK_SLOTS, Book, Holdings
@@ -76,27 +77,60 @@ class MarginState:
         self.step = u.BOARD_STEP[book.board.astype(np.int64)]
         self.costs = costs or PlanCosts()
         self.group_rank = DEFAULT_GROUP_RANK if group_rank is None else group_rank
+        # True while long_mv/short_mv of some accounts lag `price` (the engine's reach mode
+        # refreshes them in rotation); `sync()` brings every account current
+        self.stale = False
         self.sweep()
 
     # ------------------------------------------------------------ whole book
     def sweep(self) -> None:
+        """Market values of every account, exact at the current prices."""
         h = self.h
         sweep(self.price, self.price, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr,
               h.short_sec, h.short_qty, self.long_mv, self.short_mv)
+        self.stale = False
+
+    def sync(self) -> None:
+        """Make long_mv/short_mv exact at the current prices for every account (a full sweep
+        when they lag). Whole-book readers call it; per-account readers use `values`."""
+        if self.stale:
+            self.sweep()
+
+    def values(self, accounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (assets, liabilities) of `accounts` at the current prices, from their
+        positions; right whether or not the book-wide market values lag."""
+        idx = np.ascontiguousarray(accounts, dtype=np.int64)
+        h = self.h
+        if not self.stale:
+            return (h.base_assets[idx] + self.long_mv[idx],
+                    h.base_liabilities[idx] + self.short_mv[idx])
+        lmv = np.empty(idx.shape[0], dtype=np.int64)
+        smv = np.empty(idx.shape[0], dtype=np.int64)
+        account_values(idx, self.price, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr,
+                       h.short_sec, h.short_qty, lmv, smv)
+        return h.base_assets[idx] + lmv, h.base_liabilities[idx] + smv
 
     def assets(self) -> np.ndarray:
+        self.sync()
         return self.h.base_assets + self.long_mv
 
     def liabilities(self) -> np.ndarray:
-        return self.h.base_liabilities + self.short_mv
+        """Liabilities of every account at the current prices (only shorts move them, so no
+        full sweep is needed when the market values lag)."""
+        if not self.stale:
+            return self.h.base_liabilities + self.short_mv
+        h = self.h
+        smv = np.empty_like(self.short_mv)
+        short_values(self.price, h.short_ptr, h.short_sec, h.short_qty, smv)
+        return h.base_liabilities + smv
 
     # ------------------------------------------------------------ one account
     def lines(self, a: int) -> np.ndarray:
         return self.book.profile_lines[self.book.profile_of[a]]
 
     def tier(self, a: int) -> int:
-        return int(tier_of(self.h.base_assets[a] + self.long_mv[a],
-                           self.h.base_liabilities[a] + self.short_mv[a], self.lines(a), 0))
+        A, L = self.values(np.array([a], dtype=np.int64))
+        return int(tier_of(A[0], L[0], self.lines(a), 0))
 
     def figures(self, a: int) -> dict:
         """The account's reported figures, as in `evaluate` and in alert events."""
@@ -104,10 +138,9 @@ class MarginState:
 
     def figures_many(self, accounts: np.ndarray) -> list[dict]:
         """Reported figures of `accounts` (vectorised: `evaluate` runs this over the book)."""
-        b, h = self.book, self.h
+        b = self.book
         idx = np.ascontiguousarray(accounts, dtype=np.int64)
-        A = h.base_assets[idx] + self.long_mv[idx]
-        L = h.base_liabilities[idx] + self.short_mv[idx]
+        A, L = self.values(idx)
         lines = b.profile_lines[b.profile_of[idx]]
         T = lines[:, u.LINE_TARGET]
         S = u.RATIO_SCALE
@@ -204,8 +237,9 @@ class MarginState:
         sratio = np.empty(idx.shape[0], dtype=np.float64)
         stress_ratio(h.base_assets[idx], h.base_liabilities[idx], lmv, smv, sratio)
         dist = np.empty((idx.shape[0], 3), dtype=np.float64)
-        distances(h.base_assets[idx], self.assets()[idx], self.liabilities()[idx],
-                  self.long_mv[idx], b.profile_of[idx], b.profile_lines, dist)
+        A, L = self.values(idx)
+        distances(h.base_assets[idx], A, L, A - h.base_assets[idx], b.profile_of[idx],
+                  b.profile_lines, dist)
         out = []
         for r, d in zip(sratio.tolist(), dist.tolist(), strict=True):
             out.append({

@@ -52,19 +52,24 @@ def random_ticks(book, rng, n):
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), cycles=st.integers(1, 6))
-def test_incremental_and_sweep_paths_give_identical_events_and_state(seed, cycles):
+def test_incremental_sweep_and_reach_paths_give_identical_events_and_state(seed, cycles):
     synth_book = _synth_book()
     rng = np.random.default_rng(seed)
-    inc = engine_for(synth_book, sweep_share=2.0)  # never sweeps
-    swp = engine_for(synth_book, sweep_share=-1.0)  # always sweeps
-    assert strip(inc.start(T0)) == strip(swp.start(T0))
+    inc = engine_for(synth_book, sweep_share=2.0, reach="off")  # never sweeps
+    swp = engine_for(synth_book, sweep_share=-1.0, reach="off")  # always sweeps
+    rch = engine_for(synth_book, reach="always", reach_chunk=700)  # 5 chunks
+    assert strip(inc.start(T0)) == strip(swp.start(T0)) == strip(rch.start(T0))
     for c in range(cycles):
         sec, price, ts = random_ticks(synth_book, rng, int(rng.integers(1, 200)))
-        for e in (inc, swp):
+        for e in (inc, swp, rch):
             e.add_ticks(sec, price, ts)
-        ev_i, ev_s = inc.cycle(T0 + c), swp.cycle(T0 + c)
+        ev_i, ev_s, ev_r = inc.cycle(T0 + c), swp.cycle(T0 + c), rch.cycle(T0 + c)
         assert inc.last_cycle.path == "incremental" and swp.last_cycle.path == "sweep"
-        assert strip(ev_i) == strip(ev_s)
+        assert rch.last_cycle.path == "reach"
+        assert strip(ev_i) == strip(ev_s) == strip(ev_r)
+    np.testing.assert_array_equal(inc.reported, rch.reported)
+    rch.state.sync()
+    np.testing.assert_array_equal(rch.state.long_mv, swp.state.long_mv)
     np.testing.assert_array_equal(inc.state.long_mv, swp.state.long_mv)
     np.testing.assert_array_equal(inc.state.short_mv, swp.state.short_mv)
     np.testing.assert_array_equal(inc.reported, swp.reported)

@@ -34,6 +34,7 @@ FILL_SIDES = ("collateral_buy", "collateral_sell", "financed_buy", "sell_to_repa
               "short_sell", "buy_to_cover")
 TYPES = ("deposit", "withdrawal", "repayment", "fill", "interest_accrual", "haircut",
          "suspend", "resume", "profile")
+MAX_FILL_QTY = 10**12  # shares in one fill: far beyond any real order, keeps qty*price in int64
 
 
 class AccountEventError(ValueError):
@@ -98,6 +99,10 @@ class AccountEvents:
         kind = ev.get("type")
         if kind not in TYPES:
             raise AccountEventError("unknown_type", f"unknown event type {kind!r}")
+        ts = ev.get("ts")
+        if isinstance(ts, int) and not isinstance(ts, bool) and not 0 <= ts < 2**63:
+            raise AccountEventError("bad_value", "'ts' must be ns since the epoch, "
+                                    "0 <= ts < 2**63")
         eid = ev.get("event_id")
         if eid is not None and str(eid) in self._seen:
             raise AccountEventError("duplicate", f"event {eid!r} was already applied")
@@ -172,10 +177,13 @@ class AccountEvents:
         if side not in FILL_SIDES:
             raise AccountEventError("bad_value", f"side must be one of {', '.join(FILL_SIDES)}")
         qty = ev.get("qty")
-        if isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0:
-            raise AccountEventError("bad_value", "qty must be a positive whole number of shares")
+        if isinstance(qty, bool) or not isinstance(qty, int) or not 0 < qty <= MAX_FILL_QTY:
+            raise AccountEventError("bad_value", "qty must be a positive whole number of shares "
+                                    f"(at most {MAX_FILL_QTY})")
         price = _money(ev, "price")
         fee = _money(ev, "fee", required=False, positive=False) or 0
+        if qty * price + fee > u.MAX_ACCOUNT_MONEY:
+            raise AccountEventError("bad_value", "the fill's value is out of range")
         mr = ev.get("margin_ratio")
         if mr is not None:
             mr = float(_rate(ev, "margin_ratio"))

@@ -47,6 +47,8 @@ class Book:
     account_index: dict[str, int] = field(default_factory=dict)
     # rows in use per account when the position table carries free slots (see with_slack)
     pos_used: np.ndarray | None = None
+    # credit terms (monitor/creditbook.py: caps, lines, eligibility); None when the book has none
+    credit: object | None = None
 
     def __post_init__(self):
         if not self.symbol_index:

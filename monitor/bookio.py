@@ -84,9 +84,10 @@ def _as_text(v):
 
 
 MONEY_FIELDS = {
-    "securities": ("price", "prev_close", "haircut"),
+    "securities": ("price", "prev_close", "haircut", "market_financing"),
     "accounts": ("cash", "accrued_interest_fees", "other_debt", "other_collateral",
-                 "withdrawable", "normal", "warning", "margin_call", "target"),
+                 "withdrawable", "normal", "warning", "margin_call", "target",
+                 "financing_line", "short_line"),
     "positions": ("financed_cost", "fin_margin_ratio", "short_sell_amount", "short_margin_ratio"),
     "profiles": ("withdrawable", "normal", "warning", "margin_call", "target"),
 }
@@ -139,7 +140,9 @@ def _tables_from_doc(doc, source):
         if not isinstance(lines, dict):
             problems.append(Problem(f"profiles.{name}", "-", "must be an object of lines"))
             continue
-        profs.append({"name": name, **{k: _as_text(v) for k, v in lines.items()}})
+        # a list or object (concentration caps, line alerts) travels as JSON text
+        profs.append({"name": name, **{k: orjson.dumps(v).decode() if isinstance(v, (list, dict))
+                                       else _as_text(v) for k, v in lines.items()}})
     if problems:
         raise BookError(problems, source)
     tables = {}
@@ -168,7 +171,9 @@ def _table_from_rows(data):
         kinds = {type(v) for v in vals if v is not None}
         # beyond int64 arrow cannot hold the integers: as text, the range check names the row
         huge = any(type(v) is int and not -(2**63) <= v < 2**63 for v in vals)
-        if len(kinds) > 1 or huge:  # e.g. qty given as 100 in one row, "100" in another: as text
+        # a list or object where a value belongs: as text too, so the field's check names it
+        nested = bool(kinds & {list, dict})
+        if len(kinds) > 1 or huge or nested:  # e.g. qty as 100 in one row, "100" in another
             vals = [None if v is None else (v if isinstance(v, str) else repr(v)) for v in vals]
         out[k] = pa.array(vals)
     return pa.table(out)
@@ -192,7 +197,8 @@ def _read_folder(path: Path):
                     f, convert_options=pacsv.ConvertOptions(
                         column_types={c: pa.string() for c in _csv_text_columns(key)},
                         strings_can_be_null=True))
-        except (pa.ArrowInvalid, OSError) as e:
+            tables[key].column_names  # noqa: B018 - a header that is not UTF-8 fails here
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
             problems.append(Problem(f.name, "-", f"cannot read: {e}"))
         names[key] = f.name
     if problems:
@@ -202,7 +208,7 @@ def _read_folder(path: Path):
 
 def _csv_text_columns(key):
     # read money as text so "10.20" stays exact; ids as text so "000001.SZ" keeps its zeros
-    ids = {"securities": ("symbol", "board"), "accounts": ("account_id", "profile"),
+    ids = {"securities": ("symbol", "board", "group"), "accounts": ("account_id", "profile"),
            "positions": ("account_id", "symbol", "kind"), "profiles": ("name",)}[key]
     return ids + MONEY_FIELDS[key]
 
@@ -408,9 +414,12 @@ def build_book(tables: dict[str, pa.Table], names: dict[str, str], source: str =
     accts = _accounts(chk, tables["accounts"], names["accounts"], profiles)
     pos = _positions(chk, tables.get("positions", pa.table({})), names.get("positions",
                      "positions"), secs["index"], accts["index"])
+    from .creditbook import read_credit_terms  # credit fields (docs/credit-controls.md)
+    credit = read_credit_terms(chk, tables, names, secs, profiles, accts)
     if chk.problems:
         raise BookError(chk.problems, source)
     book = _assemble(secs, profiles, accts, pos)
+    book.credit = credit
     _check_headroom(chk, book)
     if chk.problems:
         raise BookError(chk.problems, source)

@@ -58,6 +58,7 @@ class FileEvents(EventSource):
         super().__init__(f"events:{Path(path).name}")
         self.path = Path(path)
         self.batch = batch
+        self.skip = 0  # lines already applied before a restart (monitor/snapshot.py)
         if not self.path.exists():
             raise ValueError(f"account events: no such file {path!r}")
 
@@ -68,6 +69,10 @@ class FileEvents(EventSource):
                 if self.closed:
                     return
                 if not line.strip():
+                    continue
+                if self.skip:
+                    self.skip -= 1
+                    self.received += 1
                     continue
                 ev = self._decode(line)
                 if ev is not None:

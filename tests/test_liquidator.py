@@ -768,3 +768,29 @@ async def test_a_stale_plan_without_repricer_waits_for_a_decision(redis_fresh, r
     (rec,) = await ctl.pending()
     assert rec["held"] == "stale_plan"
     await ctl.aclose()
+
+
+async def test_restored_reannouncement_of_a_handled_event_sends_nothing(redis_fresh, r):
+    """A monitor restarted from a snapshot re-announces FORCED_LIQUIDATION accounts with
+    `restored: true` and the id of the event that announced the tier: when that one was
+    handled, nothing is sent, and the re-announcement is recorded done for the next restart.
+    An original that was never handled is acted on as usual."""
+    c = cfg_for(redis_fresh.url, hook=f"redis:{ORDERS}")
+    publish(r, fl_event("run-7", "R1"))
+    await run_worker(c)
+    assert len(orders_in(r)) == 1
+    again = dict(fl_event("run-40", "R1"), restored=True, restored_event_id="run-7",
+                 previous_tier="FORCED_LIQUIDATION")
+    third = dict(fl_event("run-90", "R1"), restored=True, restored_event_id="run-40",
+                 previous_tier="FORCED_LIQUIDATION")
+    unhandled = dict(fl_event("run-41", "R2"), restored=True, restored_event_id="run-8",
+                     previous_tier="FORCED_LIQUIDATION")
+    publish(r, again, unhandled)
+    w = await run_worker(c)
+    publish(r, third)  # a second restart, later
+    w2 = await run_worker(c)
+    assert w.stats["restored_done"] == 1 and w2.stats["restored_done"] == 1
+    assert done(r, "run-40")["outcome"] == "restored_done"
+    assert done(r, "run-40")["of"] == "run-7"
+    assert [o["account_id"] for o in orders_in(r)] == ["R1", "R2"]
+    assert pending_count(r) == 0

@@ -389,6 +389,14 @@ class Liquidator:
                      job.event_id)
             await r.xack(self.alerts, self.group, entry_id)
             return
+        orig = event.get("restored_event_id") if event.get("restored") is True else None
+        if isinstance(orig, str) and orig and await r.exists(self.keys.done(orig)):
+            # a restarted monitor re-announcing a tier whose event was already handled:
+            # recorded done too, so a later restart's re-announcement of it is skipped as well
+            log.info("liquidator: event %s re-announces %s, already done; not acted on",
+                     job.event_id, orig)
+            await self._commit(job, "restored_done", [], detail={"of": orig})
+            return
         mode = self.cfg.mode_for(event.get("profile"))
         if mode == "notify":
             await self._notify(job)

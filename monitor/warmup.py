@@ -31,11 +31,15 @@ def warm_up() -> float:
         sec = np.arange(book.n_securities, dtype=np.int64)
         engine.add_ticks(sec, state.price - 10, np.ones_like(sec))
         engine.cycle(1)
+        engine.summary(1)  # the heartbeat's totals kernel
         idx = np.arange(book.n_accounts, dtype=np.int64)
         state.stress_many(idx)
         state.stress_many(np.repeat(idx, 16))  # the bulk branch
         for a in range(book.n_accounts):
             state.plan(a)
+    from .credit import warm_up as warm_up_credit
+
+    warm_up_credit()  # concentration and credit-line kernels (the sample book has no terms)
     parser = TickParser(universe_of(book))  # the feed guard's kernel
     parser.parse(b'[{"symbol": "%s", "price": %.3f, "ts": 1}]'
                  % (book.symbols[0].encode(), book.price[0] / PRICE_SCALE))

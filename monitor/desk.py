@@ -13,10 +13,10 @@ drill-down is one account.
 
 Bounded memory kept for the desk:
 
-- the ``recent`` last events (for the alert feed on page load, filtered server-side);
-- per account, its last ``events_per_account`` events, for at most ``event_accounts`` accounts
-  (least recently active dropped first), and an event-id index of ``event_ids`` entries (what
-  an acknowledgement may refer to);
+- the published events themselves in one ring bounded by bytes (``event_bytes``, the
+  ``desk_event_bytes`` setting; monitor/eventring.py), oldest evicted first; the alert feed's
+  back-fill (the ``recent`` newest), each account's last ``events_per_account`` (drill-down)
+  and the event-id index (what an acknowledgement may refer to) are views of that ring;
 - a ratio history (time, ratio) for at most ``history_accounts`` accounts that had an event or
   were drilled into, sampled every heartbeat when the ratio moved, ``history_points`` points per
   account (halved in resolution when full, so it always spans the whole run).
@@ -51,6 +51,7 @@ from kernels.desk import (
 from kernels.stress import distances
 
 from .engine import Engine
+from .eventring import EventRing
 from .outbox import encode_event, mask_url
 from .state import yuan
 
@@ -165,7 +166,7 @@ class Desk:
     def __init__(self, engine: Engine, *, summary: Callable[[], dict] | None = None,
                  acks: FileAckStore | RedisAckStore | None = None,
                  recent: int = 5_000, events_per_account: int = 50,
-                 event_accounts: int = 50_000, event_ids: int = 200_000,
+                 event_bytes: int = 256 * 2**20,
                  history_accounts: int = 2_000, history_points: int = 1_000,
                  crowding_ttl: float = 5.0, clock: Callable[[], int] = time.time_ns):
         self.engine = engine
@@ -178,12 +179,9 @@ class Desk:
         self.notify: Callable[[Mapping[str, Any]], None] | None = None  # ACK frames out
         self.clock = clock
         self.crowding_ttl = crowding_ttl
-        self._recent: deque[tuple] = deque(maxlen=recent)
+        self._n_recent = recent
         self._per_account = events_per_account
-        self._max_event_accounts = event_accounts
-        self._by_account: OrderedDict[int, list[tuple]] = OrderedDict()
-        self._max_ids = event_ids
-        self._by_id: OrderedDict[str, tuple] = OrderedDict()
+        self.events = EventRing(event_bytes, self.book.account_index, events_per_account)
         self._max_hist = history_accounts
         self._hist_points = history_points
         self._hist: OrderedDict[int, _Series] = OrderedDict()
@@ -234,8 +232,8 @@ class Desk:
             dl = np.zeros(idx.shape[0], dtype=np.int64)
             account_shift(idx, delta, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr,
                           h.short_sec, h.short_qty, da, dl)
-            A = h.base_assets[idx] + st.long_mv[idx] - da
-            L = h.base_liabilities[idx] + st.short_mv[idx] - dl
+            A, L = st.values(idx)
+            A, L = A - da, L - dl
             with np.errstate(divide="ignore", invalid="ignore"):
                 r = np.where(L > 0, A / np.where(L > 0, L, 1), np.nan).tolist()
             for e, x in zip(changes, r, strict=True):
@@ -265,9 +263,7 @@ class Desk:
         if encoded is None:
             encoded = [encode_event(e) for e in events]
         get_index = self.book.account_index.get
-        by_acct, by_id, per = self._by_account, self._by_id, self._per_account
-        max_accounts = self._max_event_accounts
-        recent = self._recent
+        add = self.events.add
         metas = []
         for e, raw in zip(events, encoded, strict=True):
             trig = e.get("trigger")
@@ -275,24 +271,7 @@ class Desk:
                     e.get("previous_tier"), trig.get("symbol") if trig.__class__ is dict else None,
                     e.get("ts_published") or 0, raw)
             metas.append(meta)
-            a = get_index(meta[1])
-            if a is None:
-                continue
-            lst = by_acct.get(a)
-            if lst is None:
-                by_acct[a] = [meta]
-                if len(by_acct) > max_accounts:
-                    by_acct.popitem(last=False)
-            else:
-                by_acct.move_to_end(a)
-                lst.append(meta)
-                if len(lst) > 2 * per:  # trimmed in steps: amortised O(1)
-                    del lst[:-per]
-            if meta[0] is not None:
-                by_id[meta[0]] = meta
-        recent.extend(metas[-recent.maxlen:] if recent.maxlen else metas)
-        while len(by_id) > self._max_ids:
-            by_id.popitem(last=False)
+            add(meta)
         # ratio histories: only the last `history_accounts` changes of a burst can keep one
         tail = [(e, m) for e, m in zip(events[-4 * self._max_hist:], metas[-4 * self._max_hist:],
                                        strict=True) if m[2] == "TIER_CHANGE"]
@@ -371,12 +350,11 @@ class Desk:
             return {"ok": False, "error": f"note must be a string of at most {MAX_NOTE} chars"}
         if not isinstance(by, str) or len(by) > MAX_BY:
             return {"ok": False, "error": f"by must be a string of at most {MAX_BY} chars"}
-        meta = self._by_id.get(eid)
-        if meta is None:
-            meta = next((m for m in reversed(self._recent) if m[0] == eid), None)
+        meta = self.events.get(eid)
         if meta is None:
             return {"ok": False, "error": f"unknown event {eid!r} (not among the events this "
-                                          "monitor has indexed)"}
+                                          "monitor holds: never seen, or older than its "
+                                          "desk_event_bytes memory)"}
         rec = {"event_id": eid, "note": note.strip(), "by": by.strip() or "operator",
                "ts": self.clock(), "account_id": meta[1], "event_kind": meta[2], "tier": meta[3],
                "previous_tier": meta[4], "event_ts": meta[6]}
@@ -428,6 +406,7 @@ class Desk:
         s["server_ns"] = self.clock()
         s["acks"] = {"count": len(self.acks), "loaded": self.acks_loaded,
                      "store": self.store.kind if self.store is not None else None}
+        s["desk_events"] = self.events.stats()  # the bounded event memory: held, bytes, evicted
         s["lines_bp"] = dict(zip(u.LINE_NAMES, self.book.profile_lines[0].tolist(),
                                  strict=True))
         return s
@@ -472,11 +451,10 @@ class Desk:
         if idx.shape[0] == 0:
             return []
         st, h, b = self.state, self.state.h, self.book
-        A = h.base_assets[idx] + st.long_mv[idx]
-        L = h.base_liabilities[idx] + st.short_mv[idx]
+        A, L = st.values(idx)
         lines = b.profile_lines[b.profile_of[idx]]
         dist = np.empty((idx.shape[0], 3), dtype=np.float64)
-        distances(h.base_assets[idx], A, L, st.long_mv[idx], b.profile_of[idx],
+        distances(h.base_assets[idx], A, L, A - h.base_assets[idx], b.profile_of[idx],
                   b.profile_lines, dist)
         S = u.RATIO_SCALE
         rows = []
@@ -518,9 +496,7 @@ class Desk:
         return ratio, A, L
 
     def _ratio_of(self, idx: np.ndarray) -> np.ndarray:
-        st, h = self.state, self.state.h
-        A = h.base_assets[idx] + st.long_mv[idx]
-        L = h.base_liabilities[idx] + st.short_mv[idx]
+        A, L = self.state.values(idx)
         out = np.full(idx.shape[0], np.nan)
         np.divide(A, L, out=out, where=L > 0)
         return np.round(out, 6)
@@ -625,7 +601,7 @@ class Desk:
             self._hist.move_to_end(a)
         s = self._hist[a]
         out["history"] = [[t, None if v != v else v] for t, v in zip(s.t, s.r, strict=True)]
-        evs = self._by_account.get(a, [])[-self._per_account:]
+        evs = self.events.of_account(a, self._per_account)  # evicted events are not shown
         out["events"] = [m for m in reversed(evs)]  # raw event bytes: re-encoded below
         out["acks"] = {m[0]: self.acks[m[0]] for m in evs if m[0] in self.acks}
         for rec in self.acks.values():  # acknowledgements made in an earlier run
@@ -648,7 +624,7 @@ class Desk:
         sym = q.get("symbol", "").strip().upper() or None
         kinds = set(k.strip().upper() for k in q["kind"].split(",")) if q.get("kind") else None
         out = []
-        for m in reversed(self._recent):
+        for m in self.events.newest(self._n_recent):
             if tiers is not None and m[3] not in tiers and m[4] not in tiers:
                 continue
             if acct is not None and m[1] != acct:
@@ -661,7 +637,7 @@ class Desk:
             if len(out) >= limit:
                 break
         return (b'{"events":[' + b",".join(out) + b'],"held":'
-                + str(len(self._recent)).encode() + b"}")
+                + str(min(len(self.events), self._n_recent)).encode() + b"}")
 
     def q_acks(self, q: dict) -> dict:
         limit = _int(q, "limit", 200, 1, 5_000)

@@ -81,8 +81,12 @@ _SPILL_CHUNK = 10_000  # events per spill write (one fsync each)
 
 
 def encode_event(event: Mapping[str, Any]) -> bytes:
-    """The one JSON encoding of an event, shared by the Redis stream and the websocket."""
-    return orjson.dumps(event, option=_ENCODE_OPTS)
+    """The one JSON encoding of an event, shared by the Redis stream and the websocket.
+
+    Right-sized by a copy (~0.2 us): orjson leaves its output buffer over-allocated (about 8 KB
+    held for a 500-byte event), and these payloads are kept a while (outbox backlog, websocket
+    queues, the desk's event memory)."""
+    return bytes(memoryview(orjson.dumps(event, option=_ENCODE_OPTS)))
 
 
 def mask_url(url: str) -> str:

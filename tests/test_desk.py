@@ -277,7 +277,7 @@ def test_event_index_history_and_drill_down(book):
     orders, ratio_after, _ = desk.state.plan(a)
     if fig["liquidation_status"] != "NOT_REQUIRED":
         assert d["plan"]["orders"] == orders and d["plan"]["ratio_after"] == ratio_after
-    kept = desk._by_account[a][-3:]
+    kept = desk.events.of_account(a, 3)
     assert [e["event_id"] for e in d["events"]] == [m[0] for m in reversed(kept)]
     assert len(d["events"]) <= 3
     assert d["history"][-1][1] == fig["ratio"]
@@ -294,7 +294,7 @@ async def test_acks_in_the_file_store_survive_a_restart(book, tmp_path):
     desk = make_desk(book)
     desk.store = FileAckStore(tmp_path / "acks.json")
     assert await desk.load_acks()
-    eid = desk._recent[-1][0]
+    eid = next(desk.events.newest(1))[0]
     sent = []
     desk.notify = sent.append
     r = await desk.rpc({"op": "ack", "event_id": eid, "note": " called him ", "by": "ann"})
@@ -320,7 +320,7 @@ async def test_acks_in_redis(book, redis_fresh):
     desk = make_desk(book)
     desk.store = RedisAckStore(redis_fresh.url)
     assert await desk.load_acks()
-    eid = desk._recent[-1][0]
+    eid = next(desk.events.newest(1))[0]
     assert (await desk.rpc({"op": "ack", "event_id": eid, "note": "n1", "by": "bo"}))["ok"]
     r = aioredis.from_url(redis_fresh.url)
     assert orjson.loads(await r.hget("margin:acks", eid))["note"] == "n1"
@@ -407,7 +407,7 @@ async def test_session_cookie_token_form_and_api_auth(served):
 async def test_requests_replies_and_ack_notices(served):
     desk, server, port = served
     base = f"ws://127.0.0.1:{port}/ws/alerts?token={TOKEN}"
-    eid = desk._recent[-1][0]
+    eid = next(desk.events.newest(1))[0]
     one = desk.engine.open_breaches(T0)[0]["account_id"]  # a one-frame snapshot for c
     async with connect(base + "&snapshot=0&acks=1") as a, connect(base + "&snapshot=0") as b, \
             connect(base + f"&accounts={one}") as c:
@@ -436,3 +436,87 @@ def test_query_costs_are_recorded(book):
         assert desk.api(path, {})[0] == 200, path
     assert set(desk.timings) >= {"worst", "crowding", "whatif", "crowding_refresh"}
     assert time.perf_counter() - t0 < 30
+
+
+async def test_event_memory_stays_under_its_byte_budget(book):
+    """Many more events than fit: the desk's event memory (monitor/eventring.py) stays under
+    `event_bytes`, measured by tracemalloc, not only by its own count; the newest events stay
+    queryable (feed, drill-down, acknowledgement) and evicted ones are simply gone."""
+    import gc
+    import tracemalloc
+
+    budget = 4 * 2**20
+    desk = make_desk(book, event_bytes=budget, recent=100, history_accounts=1)
+    templates = crash(desk, fall=0.08)
+    ids = book.account_ids
+    group_a, group_b = range(0, 500), range(500, len(ids))
+
+    def event(k):  # the k-th pushed event: (event_id, account_id), rebuilt, never kept here
+        group = group_a if k < 10_000 else group_b
+        return f"t-{10**6 + k}", ids[group[k % len(group)]]
+
+    def push(k0, n):
+        for k in range(k0, k0 + n, 1000):
+            evs = []
+            for j in range(k, k + 1000):
+                e = dict(templates[j % len(templates)])
+                e["event_id"], e["account_id"] = event(j)
+                e["seq"] = 10**6 + j
+                evs.append(e)
+            desk.record(evs)
+            desk.flush()
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        push(0, 10_000)  # group A
+        push(10_000, 20_000)  # group B: A's events are all evicted
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    pushed = [event(k) for k in range(30_000)]
+    ring = desk.events
+    st = ring.stats()
+    assert 0 < grown <= budget, grown
+    assert ring.nbytes <= budget and st["evicted"] > 20_000
+    assert ring.nbytes > budget - 8_192  # filled to the budget, not emptied
+    held = len(ring)
+    assert [m[0] for m in ring.newest()] == [e for e, _ in reversed(pushed[-held:])]
+    # the alert feed: the newest `recent`
+    feed = ok(desk, "/api/events", limit=2000)
+    assert feed["held"] == 100
+    assert [e["event_id"] for e in feed["events"]] == [e for e, _ in reversed(pushed[-100:])]
+    # drill-down: the account's newest held events; a group A account has none left
+    acct = pushed[-1][1]
+    want = [e for e, a in pushed[-held:] if a == acct][-desk._per_account:]
+    d = ok(desk, "/api/account", id=acct)
+    assert [e["event_id"] for e in d["events"]] == want[::-1] and want
+    assert ok(desk, "/api/account", id=ids[0])["events"] == []
+    assert st["accounts"] <= len(group_b)
+    # acknowledgements: the newest is known, an evicted one is refused with a reason
+    r = await desk.rpc({"op": "ack", "event_id": pushed[-1][0], "note": "seen", "by": "ann"})
+    assert r["ok"] and r["ack"]["account_id"] == acct
+    r = await desk.rpc({"op": "ack", "event_id": pushed[0][0], "note": "late", "by": "ann"})
+    assert not r["ok"] and "desk_event_bytes" in r["error"]
+    assert ok(desk, "/api/summary")["desk_events"]["held"] == held
+
+
+def test_event_ring_per_account_trim_and_compaction():
+    from monitor.eventring import ENTRY_BYTES, EventRing
+
+    ring = EventRing(100 * (10 + ENTRY_BYTES), {"A": 0, "B": 1}, per_account=3)
+    for i in range(10_000):  # compaction of the ring list happens on the way
+        ring.add((f"e{i}", "A" if i % 10 else "B", "TIER_CHANGE", None, None, None, i,
+                  b"x" * 10))
+    assert len(ring) == 100 and ring.nbytes == 100 * (10 + ENTRY_BYTES)
+    assert len(ring._ring) < 2 * 4096 + 100  # evicted slots are dropped
+    assert [m[0] for m in ring.of_account(0, 3)] == ["e9997", "e9998", "e9999"]
+    assert [m[0] for m in ring.of_account(1, 3)] == ["e9970", "e9980", "e9990"]
+    assert len(ring.of_account(1, 50)) <= 2 * 3  # trimmed in steps to per_account
+    assert ring.get("e9899") is None and ring.get("e9900")[6] == 9900
+    assert len(ring._by_id) == 100
+    big = EventRing(1000, {"A": 0})
+    big.add(("x", "A", "K", None, None, None, 0, b"y" * 2000))  # larger than the budget
+    assert len(big) == 0 and big.get("x") is None and big.of_account(0, 5) == []

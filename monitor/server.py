@@ -54,6 +54,17 @@ client is dropped: closed with code 1013 (try again later) and reason ``"send qu
 aborted if the close handshake cannot complete within ``close_timeout``, and counted in
 ``stats()["dropped_slow"]``. A dropped client should reconnect; the snapshot brings it back up
 to date. Beyond ``max_connections`` websocket clients (open or handshaking) new ones get 503.
+
+Refusals (docs/security.md): every refused request or connection is counted by reason in
+``stats()["refused"]`` and in ``/metrics`` as ``mm_server_refused_total{reason=...}``: ``auth``
+(missing or wrong token), ``cross_origin``, ``full`` (websocket cap), ``tcp_full`` (beyond
+``max_tcp_connections`` open TCP connections of any kind: closed at once), ``oversize`` (inbound
+message over ``max_message_bytes``: 1009), ``flood`` (a client sending more than
+``max_inbound_per_s`` messages per second, bursts of twice that: closed 1008), ``traversal`` (a
+static path that resolves outside ``static_dir``, or holds NUL or a backslash: 404),
+``not_found`` (404), ``bad_request`` (a method other than GET and POST: 405; not parsable
+HTTP/1.1, header lines too long or too many: the library answers 414/431 or closes) and
+``handshake_timeout`` (no complete request within ``open_timeout``).
 """
 
 from __future__ import annotations
@@ -81,6 +92,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from .httpbody import BodyConnection
 from .outbox import encode_event
 
 log = logging.getLogger("monitor.server")
@@ -91,6 +103,8 @@ WS_PATH = "/ws/alerts"
 MAX_STATIC_BYTES = 16 << 20
 PAGES = ("/", "/index.html")  # the desk page: sets the session cookie, 401 is a token form
 SESSION_SALT = b"margin-monitor desk session v1"
+REFUSALS = ("auth", "cross_origin", "full", "tcp_full", "oversize", "flood", "traversal",
+            "not_found", "bad_request", "handshake_timeout")
 
 
 class _RedactSecrets(logging.Filter):
@@ -111,14 +125,28 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
+class _EarlyBytes(logging.Filter):
+    """Bytes after a request's head, sent before the answer (junk, or frames before the 101),
+    make the websockets library fail an internal assertion when it answers, and log it with a
+    traceback, once per such connection: a cheap way to flood our log. The connection is cut
+    without an answer either way (the request was counted by whatever refused it, if anything
+    did); the record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, AssertionError) and record.msg == "unexpected internal error"
+                    and record.levelno == logging.ERROR)
+
+
 # The websockets library logs request lines and headers at DEBUG; give it a logger that redacts.
 _ws_log = logging.getLogger("monitor.server.websockets")
 _ws_log.addFilter(_RedactSecrets())
+_ws_log.addFilter(_EarlyBytes())
 
 
 class _Client:
     __slots__ = ("ws", "peer", "queue", "wake", "tiers", "accounts", "heartbeat", "snapshot",
-                 "sender", "dropped", "acks")
+                 "sender", "dropped", "acks", "bucket")
 
     def __init__(self, ws: ServerConnection, peer: str) -> None:
         self.ws = ws
@@ -132,6 +160,7 @@ class _Client:
         self.sender: asyncio.Task[None] | None = None
         self.dropped = False
         self.acks = False  # receives ACK notices
+        self.bucket = _Bucket()
 
     def match(self, tier: Any, prev: Any, account: Any) -> bool:
         if self.tiers is not None and tier not in self.tiers and prev not in self.tiers:
@@ -161,11 +190,14 @@ class AlertServer:
         static_dir: str | Path | None = None,
         api: Callable[[str, dict[str, list[str]]], tuple[int, bytes]] | None = None,
         rpc: Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]] | None = None,
+        post: Callable[[str, bytes], tuple[int, bytes]] | None = None,
         ssl: Any = None,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
         close_timeout: float = 2.0,
+        max_tcp_connections: int = 512,
+        max_inbound_per_s: float = 50.0,
     ) -> None:
         if not token:
             raise ValueError("AlertServer needs a non-empty token")
@@ -183,6 +215,7 @@ class AlertServer:
         self._static_root = Path(static_dir).resolve() if static_dir is not None else None
         self._api = api
         self._rpc = rpc
+        self._post = post  # POST /api/<name> (JSON body): the pre-trade check
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._session = hmac.new(self._token, SESSION_SALT, "sha256").hexdigest().encode()
         self._cookie = "mm_desk"
@@ -191,6 +224,14 @@ class AlertServer:
         self._ping_timeout = ping_timeout
         self._open_timeout = open_timeout
         self.close_timeout = close_timeout
+        self.max_tcp_connections = max_tcp_connections
+        self.max_inbound_per_s = max_inbound_per_s
+        self._refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
+        self._tcp_open = 0
+        from prometheus_client import CollectorRegistry
+
+        self._own_registry = CollectorRegistry()
+        self._own_registry.register(_Collector(self))
 
         self._server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -230,6 +271,7 @@ class AlertServer:
             close_timeout=self.close_timeout,
             ssl=self._ssl,
             logger=_ws_log,
+            create_connection=_counting_connection(self),
         )
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
@@ -274,7 +316,27 @@ class AlertServer:
             "oversize_closed": self._n_oversize,
             "messages_sent": self._n_sent,
             "queued": sum(len(c.queue) for c in self._clients),
+            "tcp_open": self._tcp_open,
+            "refused": dict(self._refused),
         }
+
+    def refuse(self, reason: str) -> None:
+        """Count one refusal (``REFUSALS``); exported on /metrics."""
+        self._refused[reason] += 1
+
+    def collect(self):
+        """Prometheus metrics of the server's own counters (its private registry)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        c = CounterMetricFamily("mm_server_refused", "Requests and connections refused by the "
+                                "alert server, by reason", labels=["reason"])
+        for reason, n in self._refused.items():
+            c.add_metric([reason], n)
+        yield c
+        yield CounterMetricFamily("mm_ws_dropped_slow", "Websocket clients dropped because "
+                                  "their send queue was full", value=self._n_dropped_slow)
+        yield GaugeMetricFamily("mm_tcp_connections", "Open TCP connections to the alert "
+                                "server (HTTP, handshaking and websocket)", value=self._tcp_open)
 
     # ------------------------------------------------------------------ fan-out (sync)
 
@@ -402,10 +464,17 @@ class AlertServer:
             async for msg in ws:
                 if c.dropped:
                     break
+                if not c.bucket.take(self.max_inbound_per_s):
+                    self.refuse("flood")
+                    log.warning("alert client %s dropped: over %.0f messages/s", peer,
+                                self.max_inbound_per_s)
+                    self._drop(c, 1008, "too many messages", slow=False)
+                    break
                 self._on_message(c, msg)
         except ConnectionClosed as e:
             if e.sent is not None and e.sent.code == 1009:
                 self._n_oversize += 1
+                self.refuse("oversize")
                 log.warning("alert client %s closed: inbound message over %d bytes", peer,
                             self.max_message_bytes)
         finally:
@@ -496,11 +565,19 @@ class AlertServer:
 
     async def _process_request(self, conn: ServerConnection,
                                request: Request) -> Response | None:
+        method = getattr(request, "method", "GET")
+        if method not in ("GET", "POST"):
+            self.refuse("bad_request")
+            resp = _plain(conn, 405, "Method not allowed.\n")
+            resp.headers["Allow"] = "GET, POST"
+            return resp
         url = urlsplit(request.path)
         path = url.path
         if path == "/healthz":
             return self._healthz(conn)
         query = parse_qs(url.query)
+        if getattr(request, "method", "GET") == "POST":
+            return self._post_response(conn, request, path, query)
         if path == WS_PATH:
             how = self._credential(conn, request, query)
             if how is None:
@@ -508,11 +585,13 @@ class AlertServer:
             if how == "cookie" and not _same_origin(request):
                 log.warning("alert server: cross-origin websocket with a desk cookie refused "
                             "(%s)", _peer(conn))
+                self.refuse("cross_origin")
                 return _plain(conn, 403, "Forbidden.\n")
             self._conns = {w for w in self._conns
                            if w.state is not State.CLOSED and not w.transport.is_closing()}
             if len(self._conns) >= self.max_connections:
                 self._n_rejected_full += 1
+                self.refuse("full")
                 log.warning("alert server full (%d connections); rejecting %s",
                             self.max_connections, _peer(conn))
                 return _plain(conn, 503, "Too many connections.\n", retry_after=5)
@@ -541,6 +620,7 @@ class AlertServer:
                 if path in PAGES and how != "cookie":
                     resp.headers["Set-Cookie"] = self._set_cookie(self._session.decode())
             return resp
+        self.refuse("not_found")
         return _plain(conn, 404, "Not found.\n")
 
     def _credential(self, conn: ServerConnection, request: Request,
@@ -564,6 +644,7 @@ class AlertServer:
                     how = how or "cookie"
         if how is None:
             self._n_rejected_auth += 1
+            self.refuse("auth")
             self._auth_fail_since_log += 1
             now = time.monotonic()
             if now - self._last_auth_log >= 10.0:
@@ -608,6 +689,27 @@ class AlertServer:
             status, body = 500, b'{"error": "internal error"}'
         return _response(status, body, "application/json")
 
+    def _post_response(self, conn: ServerConnection, request: Request, path: str,
+                       query: dict[str, list[str]]) -> Response:
+        """``POST /api/<name>`` with a JSON body (``post(path, body)``), token required; a desk
+        cookie alone must come from the same origin (no cross-site form posts)."""
+        if self._post is None or not path.startswith("/api/"):
+            return _plain(conn, 405, "Method not allowed.\n")
+        how = self._credential(conn, request, query)
+        if how is None:
+            return self._unauthorized(conn)
+        if how == "cookie" and not _same_origin(request):
+            return _plain(conn, 403, "Forbidden.\n")
+        err = getattr(conn, "body_error", None)
+        if err is not None:
+            return _response(err[0], orjson.dumps({"error": err[1]}), "application/json")
+        try:
+            status, body = self._post(path, getattr(conn, "body", None) or b"")
+        except Exception:  # noqa: BLE001
+            log.exception("POST %s failed", path)
+            status, body = 500, b'{"error": "internal error"}'
+        return _response(status, body, "application/json")
+
     def _unauthorized(self, conn: ServerConnection) -> Response:
         resp = _plain(conn, 401, "Unauthorized.\n")
         resp.headers["WWW-Authenticate"] = 'Bearer realm="margin-monitor"'
@@ -623,10 +725,19 @@ class AlertServer:
         body = orjson.dumps(h, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
         return _response(200 if ok else 503, body, "application/json")
 
+    def _not_found(self, conn: ServerConnection, reason: str, path: str) -> Response:
+        self.refuse(reason)
+        if reason == "traversal" and (self._refused[reason] <= 5
+                                      or self._refused[reason] % 1000 == 0):
+            log.warning("alert server: static path outside the root refused (%s): %r",
+                        _peer(conn), path[:200])
+        return _plain(conn, 404, "Not found.\n")
+
     def _metrics(self, conn: ServerConnection) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         body = generate_latest(self._registry if self._registry is not None else REGISTRY)
+        body += generate_latest(self._own_registry)  # refusals: own names, no clash
         return _response(200, body, CONTENT_TYPE_LATEST)
 
     async def _static(self, conn: ServerConnection, path: str) -> Response:
@@ -634,21 +745,23 @@ class AlertServer:
         assert root is not None
         rel = unquote(path)
         if "\x00" in rel or "\\" in rel:
-            return _plain(conn, 404, "Not found.\n")
+            return self._not_found(conn, "traversal", path)
         if rel.endswith("/"):
             rel += "index.html"
         try:
             target = (root / rel.lstrip("/")).resolve()
-        except (OSError, RuntimeError):
-            return _plain(conn, 404, "Not found.\n")
-        if not target.is_relative_to(root) or not target.is_file():
-            return _plain(conn, 404, "Not found.\n")
+        except (OSError, RuntimeError, ValueError):
+            return self._not_found(conn, "traversal", path)
+        if not target.is_relative_to(root):
+            return self._not_found(conn, "traversal", path)
+        if not target.is_file():
+            return self._not_found(conn, "not_found", path)
         try:
             if target.stat().st_size > MAX_STATIC_BYTES:
-                return _plain(conn, 404, "Not found.\n")
+                return self._not_found(conn, "not_found", path)
             body = await asyncio.to_thread(target.read_bytes)
         except OSError:
-            return _plain(conn, 404, "Not found.\n")
+            return self._not_found(conn, "not_found", path)
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"
@@ -693,9 +806,16 @@ def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
 _HOST_OK = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
 
 
+def _one(request: Request, name: str) -> str | None:
+    """The header's value when it is given exactly once, else None (a repeated Host or Origin
+    is not trusted; ``headers.get`` would raise on it)."""
+    values = request.headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
 def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("Origin")
-    host = request.headers.get("Host")
+    origin = _one(request, "Origin")
+    host = _one(request, "Host")
     if not origin or not host:
         return False
     try:
@@ -705,7 +825,7 @@ def _same_origin(request: Request) -> bool:
 
 
 def _page_csp(request: Request) -> str:
-    host = request.headers.get("Host") or ""
+    host = _one(request, "Host") or ""
     ws = f" ws://{host} wss://{host}" if _HOST_OK.match(host) else ""
     return ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             f"connect-src 'self'{ws}; base-uri 'none'; form-action 'self'; "
@@ -734,6 +854,93 @@ font-weight:600;font-size:14px;cursor:pointer}
 <input name="token" type="password" placeholder="token" autofocus required>
 <button type="submit">Log in</button></form></body></html>
 """
+
+
+
+class _Bucket:
+    """Token bucket of one client's inbound messages: ``rate`` per second, bursts of 2x."""
+
+    __slots__ = ("tokens", "t")
+
+    def __init__(self) -> None:
+        self.tokens = -1.0  # full on first use
+        self.t = 0.0
+
+    def take(self, rate: float) -> bool:
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        cap = 2.0 * rate
+        self.tokens = cap if self.tokens < 0 else min(cap, self.tokens + (now - self.t) * rate)
+        self.t = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class _Collector:
+    """Adapter: the server's counters as a Prometheus collector (``AlertServer.collect``)."""
+
+    def __init__(self, server: AlertServer) -> None:
+        self._server = server
+
+    def collect(self):
+        return self._server.collect()
+
+
+def _counting_connection(owner: AlertServer) -> type[ServerConnection]:
+    """A ServerConnection that counts open TCP connections (closing those beyond
+    ``max_tcp_connections`` at once) and requests the library refused before our hooks ran."""
+
+    class _Connection(BodyConnection):  # BodyConnection: POST bodies (monitor/httpbody.py)
+        _counted = False
+        _eof_held = False
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if owner._tcp_open >= owner.max_tcp_connections:
+                owner.refuse("tcp_full")
+                if owner._refused["tcp_full"] in (1, 1000):
+                    log.warning("alert server: %d open TCP connections; refusing more",
+                                owner._tcp_open)
+                transport.abort()
+                return
+            self._counted = True
+            owner._tcp_open += 1
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._counted:
+                self._counted = False
+                owner._tcp_open -= 1
+            super().connection_lost(exc)
+
+        def eof_received(self) -> bool | None:
+            # A client that half-closes right after its request while process_request awaits
+            # would make the library send EOF before the response, then fail an assertion
+            # (an ERROR log with a traceback and no answer): hold the EOF until it answered.
+            if self.request is not None and self.response is None:
+                self._eof_held = True
+                return True
+            return super().eof_received()
+
+        async def handshake(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                await super().handshake(*args, **kwargs)
+            except asyncio.CancelledError:  # open_timeout (or the server closing)
+                if self.request is None:
+                    owner.refuse("bad_request" if self.protocol.handshake_exc is not None
+                                 else "handshake_timeout")
+                raise
+            finally:
+                if self._eof_held:
+                    self._eof_held = False
+                    with contextlib.suppress(Exception):
+                        super().eof_received()
+            if self.request is None and self.protocol.handshake_exc is not None:
+                owner.refuse("bad_request")
+
+    return _Connection
 
 
 def _csv(values: list[str] | None) -> list[str] | None:

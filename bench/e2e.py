@@ -250,7 +250,7 @@ class Recorder:
         return out
 
 
-PATHS = {"none": 0, "incremental": 1, "sweep": 2}
+PATHS = {"none": 0, "incremental": 1, "sweep": 2, "reach": 3}
 
 
 def instrument(mon, rec: Recorder) -> None:
@@ -722,9 +722,10 @@ class Bench:
             "cycle": summarize_ms(c["ns"][sel]),
             "cycle_sweep": summarize_ms(c["ns"][sel & (c["path"] == 2)]),
             "cycle_incremental": summarize_ms(c["ns"][sel & (c["path"] == 1)]),
+            "cycle_reach": summarize_ms(c["ns"][sel & (c["path"] == 3)]),
             "cycles": int(sel.sum()),
             "path_mix": {"incremental": int((path == 1).sum()), "sweep": int((path == 2).sum()),
-                         "none": int((path == 0).sum())},
+                         "reach": int((path == 3).sum()), "none": int((path == 0).sum())},
             "ticks_per_cycle_mean": float(c["ticks"][sel].mean()) if sel.any() else None,
             "symbols_per_cycle_mean": float(c["symbols"][sel].mean()) if sel.any() else None,
             "cycles_with_events": int((counts > 0).sum()),
@@ -801,7 +802,7 @@ async def run_monitor(args, book, positions, redis_url, redis_pid, spill_dir):
     cfg = RunConfig(
         feed=f"{redis_url}/{TICK_STREAM}?start=$&block_ms=1000&count={args.xread_count}",
         redis=redis_url, alerts_stream=ALERT_STREAM, listen="127.0.0.1:0", token=TOKEN,
-        spill_dir=str(spill_dir), sweep_share=args.sweep_share)
+        spill_dir=str(spill_dir), sweep_share=args.sweep_share, reach=args.reach)
     bench = Bench(args, book, positions, redis_url, redis_pid)
     lo, hi = book.limit_prices()
     bench.start_generator({"symbols": list(book.symbols), "price": book.price,
@@ -904,6 +905,7 @@ def report(args, bench: Bench, mon, setup: dict) -> dict:
         "swing": args.swing,
         "period_s": args.period,
         "sweep_share": args.sweep_share,
+        "reach": args.reach,
         "tick_to_xadd_p50_ms": ml.get("tick_to_xadd", {}).get("p50_ms"),
         "tick_to_xadd_p99_ms": ml.get("tick_to_xadd", {}).get("p99_ms"),
         "tick_to_xadd_max_ms": ml.get("tick_to_xadd", {}).get("max_ms"),
@@ -1050,7 +1052,8 @@ def print_table(rep: dict) -> None:
     ph = rep["phases"].get("main", {})
     con.print(f"events: {f(rep['events'], 0)} ({f(rep['events_per_s'], 0)}/s), ws received "
               f"{f(rep['events_ws_received'], 0)}; cycles {f(rep['cycles'])}: "
-              f"incremental {pm.get('incremental')}, sweep {pm.get('sweep')}; ticks/cycle "
+              f"incremental {pm.get('incremental')}, sweep {pm.get('sweep')}, reach "
+              f"{pm.get('reach')}; ticks/cycle "
               f"{f(lat.get('ticks_per_cycle_mean'), 0)}, symbols/cycle "
               f"{f(lat.get('symbols_per_cycle_mean'), 0)}")
     if ph:
@@ -1074,7 +1077,7 @@ def print_table(rep: dict) -> None:
         r.add_row(f(x["rate"], 0), f(x["generator_rate"], 0), f(x["monitor_rate"], 0),
                   f(x["backlog_max_ticks"]), f(x["backlog_slope_ticks_per_s"], 0),
                   f(x["drain_s"]), f(x["cycle_p99_ms"]), f(x["tick_to_xadd_p99_ms"]),
-                  f"{pm['sweep']}/{pm['sweep'] + pm['incremental']}",
+                  f"{pm['sweep']}/{pm['sweep'] + pm['incremental'] + pm.get('reach', 0)}",
                   f"{x['other_jobs_cores']:.2f}" + (" !" if x["contended"] else ""),
                   f(x["sustained"]) + (" (gen-limited)" if x["generator_limited"] else ""))
     if rep["ramp"]:
@@ -1111,6 +1114,8 @@ def parse_args(argv=None):
                          "step's messages in memory)")
     ap.add_argument("--sweep-share", type=float, default=0.15,
                     help="engine sweep_share (the runtime's default is 0.15)")
+    ap.add_argument("--reach", default="auto", choices=("auto", "always", "off"),
+                    help="engine reach mode (docs/capacity.md)")
     ap.add_argument("--xread-count", type=int, default=1000,
                     help="tick feed XREAD COUNT (the feed's default is 1000)")
     ap.add_argument("--drain-timeout", type=float, default=30.0)

@@ -60,15 +60,6 @@ def book_folder(accounts: int, securities: int) -> Path:
     return out
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (Linux /proc), None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def free_port() -> int:
     import socket
 
@@ -77,15 +68,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def machine_busy() -> tuple[float, float] | None:
-    """(busy, total) jiffies of all cores since boot (Linux /proc/stat), None elsewhere."""
+def sched_ns(pid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable but waiting for one) of all a process's threads, from the
+    scheduler's own clock (/proc/PID/task/*/schedstat): exact, unlike the tick-sampled
+    utime/stime, which miss short bursts. The wait is the contention the process met."""
+    run = wait = 0
     try:
-        # user nice system idle iowait irq softirq steal (guest time is inside user)
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
+        for t in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                f = (t / "schedstat").read_text().split()
+                run, wait = run + int(f[0]), wait + int(f[1])
+    except (OSError, ValueError, IndexError):
         return None
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return sum(v) - idle, sum(v)
+    return run, wait
 
 
 def start(book: Path, feed: str, workdir: Path,
@@ -292,9 +287,9 @@ def _median_of(runs: list[dict]) -> dict:
             "from_send_ms": ({k: med([r["from_send_ms"][k] for r in runs]) for k in keys}
                              if all(r.get("from_send_ms") for r in runs) else None),
             "latency_p99_ms_each": [r["latency_ms"]["p99"] for r in runs],
-            "others_busy_each": [r.get("others_busy") for r in runs],
             "loadavg_1m_each": [r["loadavg_1m"] for r in runs],
-            "machine_busy_each": [r.get("machine_busy") for r in runs],
+            "server_runq_wait_us_per_check_each": [r.get("server_runq_wait_us_per_check")
+                                                   for r in runs],
             "server_cpu_us_per_check": med([r.get("server_cpu_us_per_check") or 0
                                             for r in runs])}
 
@@ -352,22 +347,17 @@ async def _measure(args, proc, port, pport, bodies) -> list[dict]:
         await once(args.warmup)
     runs = []
     for _ in range(args.repeat):
-        load0, me0 = os.getloadavg()[0], cpu_seconds(os.getpid())
-        cpu0, busy0 = cpu_seconds(proc.pid), machine_busy()
+        load0 = os.getloadavg()[0]
+        s0, c0 = sched_ns(proc.pid), sched_ns(os.getpid())
         out = await once(args.seconds)
-        cpu1, busy1, me1 = cpu_seconds(proc.pid), machine_busy(), cpu_seconds(os.getpid())
-        if cpu0 is not None and cpu1 is not None:
-            # the monitor's CPU time per check (its idle heartbeat included): the cost that
-            # contention for the cores cannot inflate the way it inflates latency
-            out["server_cpu_us_per_check"] = round((cpu1 - cpu0) / out["requests"] * 1e6, 1)
-        if busy0 is not None and busy1 is not None and cpu0 is not None and me0 is not None:
-            # share of the machine's CPU busy during the run, and the part of it that was
-            # neither the monitor nor this load generator (other engineers' work)
-            total = busy1[1] - busy0[1]
-            tick = os.sysconf("SC_CLK_TCK")
-            ours = ((cpu1 - cpu0) + (me1 - me0)) * tick
-            out["machine_busy"] = round((busy1[0] - busy0[0]) / total, 3)
-            out["others_busy"] = round(max(0.0, busy1[0] - busy0[0] - ours) / total, 3)
+        s1, c1 = sched_ns(proc.pid), sched_ns(os.getpid())
+        if s0 is not None and s1 is not None and c0 is not None and c1 is not None:
+            n = out["requests"]
+            # the monitor's CPU time per check (its idle heartbeat included), and how long it
+            # waited for a core while runnable: the contention the run met
+            out["server_cpu_us_per_check"] = round((s1[0] - s0[0]) / n / 1e3, 1)
+            out["server_runq_wait_us_per_check"] = round((s1[1] - s0[1]) / n / 1e3, 1)
+            out["client_cpu_us_per_check"] = round((c1[0] - c0[0]) / n / 1e3, 1)
         out.update({"accounts": args.accounts, "securities": args.securities,
                     "feed": args.feed, "rate": args.rate, "keepalive": args.keepalive,
                     "loadavg_1m_before": load0, "loadavg_1m": os.getloadavg()[0]})

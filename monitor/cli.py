@@ -107,20 +107,36 @@ def _serve(cfg, book, redis_url, banner) -> int:
     return asyncio.run(main())
 
 
+def _check_credit_settings(cfg) -> None:
+    from .credit import CreditConfig
+    from .pretrade_http import check_config
+
+    CreditConfig.from_dict(cfg.credit)
+    check_config(cfg)
+
+
 def _run(args) -> int:
     from .bookio import BookError, load_book
     from .config import ConfigError, load_config
+    from .patterns import PatternConfig
 
     _setup_logging(args.log_level)
     try:
         cfg = load_config(args.config, {
             "book": args.book, "feed": args.feed, "events": args.events, "redis": args.redis,
             "alerts_stream": args.alerts_stream, "listen": args.listen,
-            "token_file": args.token_file,
+            "token_file": args.token_file, "state_dir": args.state_dir,
+            "snapshot_interval_s": args.snapshot_interval, "audit_dir": args.audit_dir,
+            "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+            "pretrade_listen": args.pretrade_listen,
             "until_feed_ends": True if args.until_feed_ends else None})
         if not cfg.book:
             raise ConfigError("no book: give --book PATH or `book` in the config file")
+        PatternConfig.from_dict(cfg.patterns)  # a bad [patterns] table stops here
+        _check_credit_settings(cfg)  # a bad [credit] table or pretrade_* setting stops here
+        cfg.desk_event_budget  # noqa: B018 - a bad desk_event_bytes stops here
         cfg.resolve_token()
+        tls = cfg.ssl_context() is not None  # bad certificate files stop here
         book = load_book(cfg.book)
     except (ConfigError, BookError) as e:
         print(f"margin-monitor run: {e}", file=sys.stderr)
@@ -128,8 +144,13 @@ def _run(args) -> int:
 
     def banner(mon):
         host, port = mon.bound
-        print(f"margin-monitor: alerts on ws://{host}:{port}/ws/alerts, risk desk on "
-              f"http://{host}:{port}/", file=sys.stderr)
+        s = "s" if tls else ""
+        print(f"margin-monitor: alerts on ws{s}://{host}:{port}/ws/alerts, risk desk on "
+              f"http{s}://{host}:{port}/", file=sys.stderr)
+        if mon.pretrade_listener is not None:
+            ph, pp = mon.pretrade_listener.bound
+            print(f"margin-monitor: pre-trade checks (keep-alive) on http{s}://{ph}:{pp}"
+                  "/api/pretrade", file=sys.stderr)
 
     return _serve(cfg, book, cfg.redis, banner)
 
@@ -213,8 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default 127.0.0.1:8765; port 0 = any free port)")
     run.add_argument("--token-file", help="file holding the access token "
                                           "(else MARGIN_MONITOR_TOKEN, else a random one)")
+    run.add_argument("--tls-cert", help="PEM certificate (chain): serve https:// and wss:// "
+                                        "(with --tls-key)")
+    run.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    run.add_argument("--pretrade-listen", metavar="HOST:PORT",
+                     help="also serve POST /api/pretrade with keep-alive connections here "
+                          "(off by default; port 0 = any free port; same token)")
     run.add_argument("--until-feed-ends", action="store_true",
                      help="exit 0 once a finite feed is drained and every event published")
+    run.add_argument("--audit-dir", help="write audit records (the state behind every alert) "
+                                         "and the end-of-day snapshot here")
+    run.add_argument("--state-dir", help="snapshot folder: periodic state snapshots, and a "
+                                         "restart resumes from the last one (off if not given)")
+    run.add_argument("--snapshot-interval", type=float, metavar="SECONDS",
+                     help="seconds between snapshots (default 30)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=_run)
 
@@ -276,6 +309,37 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--by", help="who decides (default: the login name)")
         q.set_defaults(func=_liquidation(name))
 
+    # end-of-day statements and desk summary (docs/reports-and-audit.md); monitor/report.py
+    rp = sub.add_parser("report", help="end-of-day statements (JSON and printable HTML) and a "
+                                       "desk summary from an audit folder")
+    rp.add_argument("--audit-dir", required=True, help="the monitor's --audit-dir")
+    rp.add_argument("--book", help="end-of-day book (default: the monitor's eod-* snapshot)")
+    rp.add_argument("--account", help="one account's statement only")
+    rp.add_argument("--out", default="report", help="output folder (default report)")
+    rp.add_argument("--html", choices=("all", "events", "none"), default="all",
+                    help="HTML statements for every account, only those with events, or none")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.set_defaults(func=_report)
+
+    # sustained load, per-minute RSS / latency / queue depths (docs/reliability.md); monitor/soak.py
+    sk = sub.add_parser("soak", help="sustained synthetic load through the real runtime: RSS, "
+                                     "latency percentiles and queue depths per interval")
+    sk.add_argument("--minutes", type=float, default=30.0)
+    sk.add_argument("--seconds", type=float, help="run length in seconds (overrides --minutes)")
+    sk.add_argument("--accounts", type=int, default=1_000_000)
+    sk.add_argument("--securities", type=int, default=5000)
+    sk.add_argument("--rate", type=float, default=50_000, help="ticks per second")
+    sk.add_argument("--interval", type=float, default=60.0, help="seconds per report line")
+    sk.add_argument("--ticks-per-message", type=int, default=500)
+    sk.add_argument("--alerts-maxlen", type=int, default=100_000,
+                    help="MAXLEN of the alert stream (bounds Redis memory)")
+    sk.add_argument("--desk-event-bytes", type=int, default=256 * 2**20,
+                    help="the risk desk's event memory budget (desk_event_bytes)")
+    sk.add_argument("--redis", help="use this Redis instead of a private redis-server")
+    sk.add_argument("--seed", type=int, default=7)
+    sk.add_argument("--output", default="soak-results", help="output folder (soak.json)")
+    sk.set_defaults(func=_soak)
+
     # capacity benchmark (docs/capacity.md); runner in monitor/benchcmd.py
     bn = sub.add_parser("bench", help="capacity benchmark: sweep vs NumPy and Python, "
                                       "incremental, end to end, ingest, memory, cold start")
@@ -301,6 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--output", default="bench-results", help="output folder")
     bn.set_defaults(func=_bench)
     return p
+
+
+def _report(args) -> int:
+    from .report import run
+
+    return run(args)
+
+
+def _soak(args) -> int:
+    from .soak import run
+
+    return run(args)
 
 
 def _bench(args) -> int:

@@ -29,12 +29,18 @@ from feeds.base import open_feed
 from feeds.universe import Universe
 
 from .account_events import AccountEventError
+from .audit import AuditLog
 from .book import Book
 from .config import RunConfig
+from .credit import CreditConfig
 from .desk import Desk, FileAckStore, RedisAckStore
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .outbox import encode_event
+from .patterns import PatternConfig, PatternWatch
+from .pretrade import PretradeService
+from .pretrade_http import start_listener
+from .snapshot import Snapshots
 from .state import MarginState
 from .warmup import warm_up
 
@@ -61,7 +67,7 @@ class Monitor:
         self.metrics = Metrics()
         self.state = MarginState(book, live=True)
         self.engine = Engine(self.state, EngineConfig(
-            hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share,
+            hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share, reach=cfg.reach_mode,
             call_days=cfg.call_days, holidays=cfg.holiday_dates))
         self.universe = universe_of(book)
         self.feed = open_feed(cfg.feed, self.universe)
@@ -78,7 +84,14 @@ class Monitor:
         self._oldest_recv_ns = 0
         self._stopping = asyncio.Event()
         self.events_emitted = 0
-        self.desk = Desk(self.engine, summary=self.summary)
+        self.desk = Desk(self.engine, summary=self.summary, event_bytes=cfg.desk_event_budget)
+        self.snapshots = (Snapshots(self, cfg.state_dir, cfg.snapshot_interval_s)
+                          if cfg.state_dir else None)
+        self.engine.patterns = PatternWatch(self.engine, PatternConfig.from_dict(cfg.patterns))
+        self.audit: AuditLog | None = None  # created by run() when cfg.audit_dir is set
+        self.engine.credit_config = CreditConfig.from_dict(cfg.credit)  # [credit] table
+        self.pretrade = PretradeService(self.engine)  # POST /api/pretrade on both ports
+        self.pretrade_listener = None  # keep-alive listener (cfg.pretrade_listen)
 
     # ------------------------------------------------------------------ tasks
     async def _events_loop(self) -> None:
@@ -140,6 +153,8 @@ class Monitor:
             encoded = [encode_event(e) for e in events]
         if self.server is not None:
             self.server.broadcast(events, encoded=encoded)
+        if self.audit is not None:  # the state behind each event, captured now
+            self.audit.record(events, encoded)
         self.desk.record(events, encoded)
         for e in events:
             self.metrics.events.labels(e["kind"]).inc()
@@ -163,6 +178,8 @@ class Monitor:
                     self.metrics.tick_to_event.observe((time.time_ns() - oldest) / 1e9)
             else:
                 self._publish(self.engine.cycle(time.time_ns()))  # deadlines of open calls
+            if self.snapshots is not None and self.snapshots.due():
+                self.snapshots.take()  # between cycles: no tick or account event is queued
             if self._feed_done and self._events_done and not self.engine.pending \
                     and not self._account_events:
                 return
@@ -175,6 +192,8 @@ class Monitor:
             await asyncio.sleep(self.cfg.heartbeat_s)
             self._wake.set()  # lets call deadlines expire even with a silent feed
             self.desk.sample()
+            if self.audit is not None:
+                self.audit.sample()
             s = self.summary()
             beats += 1
             if beats % 5 == 0:  # a console pulse for whoever runs it by hand
@@ -198,6 +217,7 @@ class Monitor:
         s["feed"] = fs.as_dict()
         s["feed"]["lag_s"] = ((now - fs.last_message_ns) / 1e9) if fs.last_message_ns else None
         s["feed"]["done"] = self._feed_done
+        s["feed"]["state"] = self._feed_state(now, fs)
         stale = fs.staleness_s(now)
         s["feed"]["stale_symbols_60s"] = int(np.sum(~np.isnan(stale) & (stale > 60)))
         if self.event_source is not None:
@@ -214,6 +234,11 @@ class Monitor:
                                                "failures")}
             self.metrics.outbox_queued.set(os_["queued"])
             self.metrics.outbox_spilled.set(os_["spilled"])
+        s["patterns"] = self.engine.patterns.stats()
+        if self.snapshots is not None:
+            s["snapshot"] = self.snapshots.stats()
+        if self.audit is not None:
+            s["audit"] = self.audit.stats()
         if self.server is not None:
             ss = self.server.stats()
             s["websocket"] = ss
@@ -226,7 +251,18 @@ class Monitor:
         feed_age = (now - fs.last_message_ns) / 1e9 if fs.last_message_ns else None
         return {"ok": True, "run_id": self.engine.run_id, "seq": self.engine.seq,
                 "cycles": self.engine.cycles, "feed_age_s": feed_age,
-                "feed_done": self._feed_done}
+                "feed_done": self._feed_done, "feed_state": self._feed_state(now, fs)}
+
+    def _feed_state(self, now: int, fs) -> str:
+        """live | stale (silent for `stale_feed_s`: prices are old, nothing is re-tiered on
+        them) | disconnected (a live feed reconnecting) | waiting (nothing yet) | done."""
+        if self._feed_done:
+            return "done"
+        if getattr(self.feed, "connected", True) is False:
+            return "disconnected"
+        if not fs.last_message_ns:
+            return "waiting"
+        return "stale" if (now - fs.last_message_ns) / 1e9 > self.cfg.stale_feed_s else "live"
 
     # ------------------------------------------------------------------ life cycle
     async def run(self) -> int:
@@ -254,9 +290,14 @@ class Monitor:
                                   snapshot=lambda: self.engine.open_breaches(time.time_ns()),
                                   health=self.health, registry=self.metrics.registry,
                                   max_connections=self.cfg.max_connections,
-                                  static_dir=STATIC_DIR, api=self.desk.api, rpc=self.desk.rpc)
+                                  client_queue=self.cfg.ws_client_queue,
+                                  static_dir=STATIC_DIR, api=self.desk.api, rpc=self.desk.rpc,
+                                  ssl=self.cfg.ssl_context(),
+                                  post=self.pretrade.http)  # /api/pretrade
         self.desk.notify = self.server.broadcast_notice
         self.bound = await self.server.start()
+        self.pretrade_listener = await start_listener(self.cfg, self.pretrade, token,
+                                                      self.metrics.registry)
         log.info("alerts on ws://%s:%d/ws/alerts (risk desk http://%s:%d/, health /healthz, "
                  "metrics /metrics)", *self.bound, *self.bound)
         tasks = []
@@ -264,7 +305,10 @@ class Monitor:
             tasks.append(asyncio.create_task(self._load_acks_loop(), name="desk-acks"))
         if self.outbox is not None:
             tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
-        self._publish(self.engine.start(time.time_ns()))
+        if self.cfg.audit_dir:
+            self.audit = AuditLog(self.engine, self.cfg.audit_dir)
+        restored = await self.snapshots.restore() if self.snapshots is not None else None
+        self._publish(self.engine.start(time.time_ns()) if restored is None else restored)
         gc.collect()
         gc.freeze()  # the book and start-up objects: full collections then skip them
         log.info("start: %d accounts, %d at WARNING or worse announced", self.book.n_accounts,
@@ -290,11 +334,17 @@ class Monitor:
             if self.event_source is not None:
                 with contextlib.suppress(Exception):
                     await self.event_source.aclose()
+            if self.snapshots is not None and self.snapshots.active:
+                await self.snapshots.final()
             if self.outbox is not None:
                 self._final_summary()
                 if not await self.outbox.drain(timeout=30):
                     log.error("outbox not drained; unsent events are kept in the spill file")
                 await self.outbox.aclose()
+            if self.audit is not None:  # drain the records, then the end-of-day snapshot
+                self.audit.close()
+            if self.pretrade_listener is not None:
+                await self.pretrade_listener.aclose()
             if self.server is not None:
                 self.server.broadcast_summary(self.summary())
                 await self.server.aclose()

@@ -1,0 +1,133 @@
+"""State snapshots (monitor/snapshot.py, Engine.export_state / restore_state): a restored engine
+continues exactly as the one it was taken from; a corrupt, incompatible or foreign snapshot is
+refused before anything changes."""
+
+import numpy as np
+import pytest
+from test_engine import T0, random_ticks, strip
+
+from kernels import units as u
+from monitor import synthbook
+from monitor.bookio import book_from_dict
+from monitor.engine import Engine, EngineConfig
+from monitor.snapshot import (
+    MANIFEST,
+    SnapshotError,
+    book_fingerprint,
+    read_snapshot,
+    write_snapshot,
+)
+from monitor.state import MarginState
+
+
+@pytest.fixture(scope="module")
+def book():
+    return book_from_dict(synthbook.generate_json_book(2000, 80, seed=5))
+
+
+def live(book, run_id="snap"):
+    return Engine(MarginState(book, live=True), EngineConfig(run_id=run_id, reach_chunk=500))
+
+
+def account_events(book, rng, n, tag):
+    """Deposits, buys that open new positions (forcing ledger rebuilds), financed buys,
+    interest on the whole book; every one with an event_id."""
+    out = []
+    for i in range(n):
+        # buys go to a few accounts, so they run out of free position rows
+        a = book.account_ids[int(rng.integers(book.n_accounts if i % 4 == 0 else 5))]
+        s = book.symbols[int(rng.integers(book.n_securities))]
+        k = i % 4
+        if k == 0:
+            ev = {"type": "deposit", "account_id": a,
+                  "amount": str(int(rng.integers(1, 9)) * 1000)}
+        elif k == 1:
+            ev = {"type": "fill", "account_id": a, "symbol": s, "side": "collateral_buy",
+                  "qty": 100, "price": "1"}
+        elif k == 2:
+            ev = {"type": "fill", "account_id": a, "symbol": s, "side": "financed_buy",
+                  "qty": 100, "price": "1", "fee": "0.5"}
+        else:
+            ev = {"type": "interest_accrual", "financing_rate": "0.08", "short_fee_rate": "0.1"}
+        ev["event_id"] = f"{tag}-{i}"
+        out.append(ev)
+    return out
+
+
+def play(engine, book, rng, rounds, tag):
+    events = []
+    for r in range(rounds):
+        for ev in account_events(book, rng, 30, f"{tag}{r}"):
+            events += engine.apply_account_event(ev, T0 + r)
+        engine.add_ticks(*random_ticks(book, rng, 200))
+        events += engine.cycle(T0 + r)
+    return events
+
+
+def test_a_restored_engine_continues_exactly_like_the_original(book, tmp_path):
+    a = live(book)
+    a.start(T0)
+    play(a, book, np.random.default_rng(1), 6, "p1-")
+    assert a.account_events.ledger.rebuilds > 0  # the live book's layout really changed
+    assert a.calls.accounts.shape[0] > 0  # there are open calls to carry over
+    meta, arrays = a.export_state()
+    meta.update(taken_ns=T0, book=book_fingerprint(book))
+    write_snapshot(tmp_path, meta, arrays)
+    m, arrays2 = read_snapshot(tmp_path, book_fingerprint(book))
+    assert m["seq"] == a.seq and m["sha256"]
+
+    b = live(book, run_id="other")
+    again = b.restore_state(m, arrays2, T0 + 100)
+    assert b.run_id == "snap" and b.seq == a.seq + len(again)
+    bad = np.flatnonzero(a.reported <= u.WARNING)
+    assert [e["account_id"] for e in again] == [book.account_ids[i] for i in bad]
+    assert all(e["restored"] and e["previous_tier"] == e["tier"] for e in again)
+    assert all(e["restored_event_id"].startswith("snap-") for e in again)
+    assert any(e["call"] for e in again) and any("plan" in e for e in again)
+    np.testing.assert_array_equal(a.reported, b.reported)
+    assert a.calls.open_accounts() == b.calls.open_accounts()
+    all_ = np.arange(book.n_accounts)
+    assert a.state.figures_many(all_) == b.state.figures_many(all_)
+
+    a.seq = b.seq  # from here both must produce the same events, state and seq
+    ea = play(a, book, np.random.default_rng(2), 4, "p2-")
+    eb = play(b, book, np.random.default_rng(2), 4, "p2-")
+    assert ea and strip(ea) == strip(eb)
+    np.testing.assert_array_equal(a.reported, b.reported)
+    assert a.state.figures_many(all_) == b.state.figures_many(all_)
+    with pytest.raises(ValueError, match="already applied"):  # idempotency survived
+        b.apply_account_event({"type": "deposit", "account_id": book.account_ids[0],
+                               "amount": "1", "event_id": "p1-0-0"}, T0)
+
+
+def test_corrupt_incompatible_and_foreign_snapshots_are_refused(book, tmp_path):
+    e = live(book)
+    e.start(T0)
+    meta, arrays = e.export_state()
+    fp = book_fingerprint(book)
+    meta.update(taken_ns=T0, book=fp)
+    m = write_snapshot(tmp_path, meta, arrays)
+    assert read_snapshot(tmp_path / "none", fp) is None
+    other = book_from_dict(synthbook.generate_json_book(2000, 80, seed=6))
+    with pytest.raises(SnapshotError, match="another book"):
+        read_snapshot(tmp_path, book_fingerprint(other))
+    npz = tmp_path / m["arrays"]
+    raw = bytearray(npz.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    npz.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotError, match="checksum"):
+        read_snapshot(tmp_path, fp)
+    (tmp_path / MANIFEST).write_text(
+        (tmp_path / MANIFEST).read_text().replace('"version": 1', '"version": 99'))
+    with pytest.raises(SnapshotError, match="version 99"):
+        read_snapshot(tmp_path, fp)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(SnapshotError, match="unreadable manifest"):
+        read_snapshot(tmp_path, fp)
+    # arrays of another shape are refused before the engine changes
+    fresh = live(book)
+    arrays["reported"] = arrays["reported"][:-1]
+    before = fresh.state.book.cash.copy()
+    with pytest.raises(ValueError, match="reported"):
+        fresh.restore_state(meta, arrays, T0)
+    np.testing.assert_array_equal(fresh.state.book.cash, before)

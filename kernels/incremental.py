@@ -7,7 +7,7 @@ accounts are deduplicated with a caller-owned mark array, so nothing is allocate
 import numba as nb
 import numpy as np
 
-from .ratios import _line_mode, _next_tier_bf, _tiers, commit_tier
+from .ratios import _line_mode, _next_tier_bf, _tiers
 from .units import LINE_MARGIN_CALL, LINE_NORMAL, LINE_WARNING, LINE_WITHDRAWABLE
 
 _RETIER_BLOCK = 512  # accounts gathered per block by retier_accounts
@@ -111,7 +111,11 @@ def retier_accounts(
                               profile_lines[p, LINE_WITHDRAWABLE], profile_lines[p, LINE_NORMAL],
                               profile_lines[p, LINE_WARNING], profile_lines[p, LINE_MARGIN_CALL],
                               band)
-            k = commit_tier(a, r, c, reported, previous_out, changed_out, k)
+            if c != r:
+                changed_out[k] = a
+                previous_out[k] = r
+                reported[u] = c
+                k += 1
         return k
     mode, sel, packed = _line_mode(profile_lines)
     m = _RETIER_BLOCK
@@ -145,5 +149,9 @@ def retier_accounts(
                                   profile_lines[p, LINE_NORMAL],
                                   profile_lines[p, LINE_WARNING],
                                   profile_lines[p, LINE_MARGIN_CALL], band)
-            k = commit_tier(a, r, c, reported, previous_out, changed_out, k)
+            if c != r:
+                changed_out[k] = a
+                previous_out[k] = r
+                reported[u] = c
+                k += 1
     return k

@@ -24,7 +24,7 @@ checks the bound and that equality.
 import numba as nb
 import numpy as np
 
-from .ratios import _next_tier_bf, commit_tier
+from .ratios import _next_tier_bf
 from .units import (
     FORCED_LIQUIDATION,
     LINE_MARGIN_CALL,
@@ -267,7 +267,12 @@ def refresh_range(lo, hi, price, price_class, long_ptr, long_sec, long_qty, shor
                                   reach, share, lsum, ssum)
         long_mv[a] = lmv
         short_mv[a] = smv
-        k = commit_tier(a, reported[a], t, reported, previous_out, changed_out, k)
+        r = reported[a]
+        if t != r:  # written out, not a shared helper: that ran far slower in these loops
+            changed_out[k] = a
+            previous_out[k] = r
+            reported[a] = t
+            k += 1
     return k
 
 
@@ -353,5 +358,9 @@ def scan_range(lo, hi, deltas_c, reach, share, price, long_ptr, long_sec, long_q
             L = stage[5, i] + smv
             r = stage[7, i]
             c = _next_tier(r, A, L, profile_lines, stage[6, i], band)
-            k = commit_tier(a, r, c, reported, previous_out, changed_out, k)
+            if c != r:
+                changed_out[k] = a
+                previous_out[k] = r
+                reported[a] = c
+                k += 1
     return k, m

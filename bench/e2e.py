@@ -1114,7 +1114,7 @@ def parse_args(argv=None):
                          "step's messages in memory)")
     ap.add_argument("--sweep-share", type=float, default=0.15,
                     help="engine sweep_share (the runtime's default is 0.15)")
-    ap.add_argument("--reach", default="auto", choices=("auto", "always", "off"),
+    ap.add_argument("--reach", default="off", choices=("auto", "always", "off"),
                     help="engine reach mode (docs/capacity.md)")
     ap.add_argument("--xread-count", type=int, default=1000,
                     help="tick feed XREAD COUNT (the feed's default is 1000)")

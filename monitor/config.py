@@ -12,7 +12,7 @@ tls_cert = "secrets/cert.pem"    # optional: serve https:// and wss:// (with tls
 tls_key = "secrets/key.pem"
 hysteresis = "0.005"             # 0.5 percentage points
 sweep_share = 0.08
-reach = "auto"                   # auto | always | off: see docs/capacity.md
+reach = "off"                    # off | auto | always: see docs/capacity.md
 call_days = 2
 holidays = ["2026-10-01"]
 spill_dir = "spill"
@@ -60,7 +60,7 @@ class RunConfig:
     until_feed_ends: bool = False
     hysteresis: str = "0.005"
     sweep_share: float = 0.08
-    reach: str = "auto"  # reach mode of the engine: auto | always | off (docs/capacity.md)
+    reach: str = "off"  # reach mode of the engine: off | auto | always (docs/capacity.md)
     call_days: int = 2
     holidays: list[str] = field(default_factory=list)
     spill_dir: str = "spill"

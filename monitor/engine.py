@@ -58,7 +58,11 @@ class EngineConfig:
     sweep_share: float = 0.08
     # reach mode (kernels/reach.py): per cycle, evaluate exactly only the accounts prices could
     # have moved across a line, and refresh one chunk of `reach_chunk` accounts in rotation
-    reach: str = "auto"  # "auto": the cheaper of reach and sweep, measured | "always" | "off"
+    # "off" (default) | "auto": the cheaper of reach and sweep cycles, measured | "always".
+    # Opt-in: with values lagging, per-account readers (margin-call cures, the desk) pay for
+    # exact values, which the path cost does not see; on the end-to-end tape "auto" made whole
+    # cycles 25% slower than sweeping (docs/capacity.md)
+    reach: str = "off"
     reach_chunk: int = 16_384
     # a reach cycle that had to evaluate more than this share of the book has the next big
     # cycle measure a full sweep again

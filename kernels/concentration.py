@@ -105,30 +105,6 @@ def _scratch(accounts, long_ptr):
             np.empty(8, dtype=np.int64))
 
 
-@nb.njit(cache=True)
-def concentration_counts(accounts, assets, liabilities, profile_of, band_below, band_single,
-                         band_group, band_board, n_bands, price, long_ptr, long_sec, long_qty,
-                         sec_group, sec_board, tol_bp, out_near):
-    """Per account, how many holdings / groups / boards are above `cap − tol_bp` (the
-    screening pass of a slice: only accounts with a count, or already over, need details)."""
-    kind = np.empty(MAX_ITEMS, dtype=np.int64)
-    item = np.empty(MAX_ITEMS, dtype=np.int64)
-    mv = np.empty(MAX_ITEMS, dtype=np.int64)
-    cap = np.empty(MAX_ITEMS, dtype=np.int64)
-    gid, gmv, bmv = _scratch(accounts, long_ptr)
-    for i in range(accounts.shape[0]):
-        a = accounts[i]
-        p = profile_of[a]
-        cs, cg, cb = band_caps(assets[i], liabilities[i], band_below[p], band_single[p],
-                               band_group[p], band_board[p], n_bands[p])
-        if cs < 0 and cg < 0 and cb < 0:
-            out_near[i] = 0
-            continue
-        out_near[i] = account_items(a, assets[i], price, long_ptr, long_sec, long_qty,
-                                    sec_group, sec_board, cs, cg, cb, tol_bp, kind, item, mv,
-                                    cap, gid, gmv, bmv)
-
-
 @nb.njit(cache=True, inline="always")
 def _mix(key):
     """splitmix64 finaliser: item keys -> well-spread 64-bit words (wrapping arithmetic)."""

@@ -79,7 +79,6 @@ import contextlib
 import cProfile
 import gc
 import io
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -96,6 +95,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from bench.jsonreport import dumps_report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -615,7 +616,8 @@ class Bench:
                         "figures are skewed", ph.name, ph.cpu["other_processes"] / wall)
         t1 = self.rec.timers()
         ph.timers = {k: (t1[k] - timers0[k]) / 1e9 for k in t1}
-        if ph.name == "main":  # what the cyclic GC has to walk (outside the measured window)
+        if ph.name == "main" and self.args.gc_diagnostics:
+            # what the cyclic GC has to walk (outside the measured window; walks live objects)
             objs = gc.get_objects()
             kinds = Counter(type(o).__name__ for o in objs)
             ph.gc_objects = {"tracked": len(objs), "frozen": gc.get_freeze_count(),
@@ -746,9 +748,17 @@ class Bench:
         return np.concatenate(parts) if parts else np.zeros(1, dtype=np.int64)
 
 
+def _name(x) -> str:
+    """A JSON-safe label for a live object: a string as it is, else its (qualified) name or type."""
+    if isinstance(x, str):
+        return x[:80]
+    return str(getattr(x, "__qualname__", None) or type(x).__name__)
+
+
 def _holders(objs: list, kinds: list[str], per_kind: int = 5) -> dict:
     """For a few objects of each of the most common tracked types: their size and the types of
-    the containers that refer to them (a clue to who keeps them alive)."""
+    the containers that refer to them (a clue to who keeps them alive). Only names, counts and
+    sizes go out: the sampled objects themselves may be anything."""
     out = {}
     rng = np.random.default_rng(0)
     for kind in kinds:
@@ -761,7 +771,7 @@ def _holders(objs: list, kinds: list[str], per_kind: int = 5) -> dict:
             row = {"len": len(o) if hasattr(o, "__len__") else None,
                    "referrers": [type(r).__name__ for r in refs[:3]]}
             if isinstance(o, dict):
-                row["keys"] = list(o)[:6]
+                row["keys"] = [_name(k) for k in list(o)[:6]]
             elif isinstance(o, list) and o:
                 row["item_types"] = sorted({type(x).__name__ for x in o[:20]})
             rows.append(row)
@@ -1136,6 +1146,9 @@ def parse_args(argv=None):
     ap.add_argument("--wait-quiet", type=float, default=0.0,
                     help="first wait up to this many seconds for other jobs to leave the CPU")
     ap.add_argument("--profile", action="store_true", help="cProfile the main phase")
+    ap.add_argument("--gc-diagnostics", action="store_true",
+                    help="after the main phase, walk the live objects the cyclic GC tracks and "
+                         "report the commonest types and who holds a few of them (slow)")
     ap.add_argument("--out", help="output folder (default bench/.cache/e2e/<accounts>)")
     ap.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
@@ -1172,7 +1185,7 @@ def main(argv=None) -> int:
         bench, mon, setup = asyncio.run(run_monitor(args, book, positions, url, pid, tmp))
     rep = report(args, bench, mon, {**timings, **setup})
     rep["total_wall_s"] = time.perf_counter() - t_all
-    (out / "report.json").write_text(json.dumps(rep, indent=2, default=_json_default))
+    (out / "report.json").write_text(dumps_report(rep))
     ls = np.asarray(bench.load_samples, dtype=np.float64).reshape(-1, 3)
     np.savez_compressed(out / "cycles.npz", **bench.rec.arrays(), load_t=ls[:, 0],
                         load_busy_s=ls[:, 1], load_ours_s=ls[:, 2])
@@ -1183,14 +1196,6 @@ def main(argv=None) -> int:
         shown = out
     print(f"report: {shown / 'report.json'}")
     return 0
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
 
 
 if __name__ == "__main__":

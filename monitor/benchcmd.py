@@ -513,21 +513,15 @@ def run(args) -> int:
         }
         report["plots"] = plots(report, out)
         report["wall_s"] = time.perf_counter() - t_start
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        from bench.jsonreport import dumps_report
+
+        (out / "report.json").write_text(dumps_report(report))
         (out / "report.md").write_text(markdown(report))
         bar.advance(task)
     con.print(capacity_line(cap))
     con.print(f"report: {out / 'report.json'}, {out / 'report.md'} "
               f"({report['wall_s']:.0f} s)")
     return 0
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
 
 
 # ------------------------------------------------------------------------------ output

@@ -68,7 +68,8 @@ def test_figures_match_the_vector(vector):
     else:
         assert dec(f["liquidation_value"]) == D(e["liquidation_value_to_150"])
     assert f["liquidation_status"] == e["liquidation_status"]
-    assert dec(f["shortfall"]) == D(e["shortfall_if_fully_liquidated"])
+    if "shortfall_if_fully_liquidated" in e:  # not stated by every vector
+        assert dec(f["shortfall"]) == D(e["shortfall_if_fully_liquidated"])
 
 
 def test_reference_matches_the_vector(vector):
@@ -84,7 +85,8 @@ def test_reference_matches_the_vector(vector):
     lv = e["liquidation_value_to_150"]
     assert r["liquidation_value"] == (None if lv is None else D(lv))
     assert r["liquidation_status"] == e["liquidation_status"]
-    assert r["shortfall"] == D(e["shortfall_if_fully_liquidated"])
+    if "shortfall_if_fully_liquidated" in e:
+        assert r["shortfall"] == D(e["shortfall_if_fully_liquidated"])
     if "example_plan" in e:
         got = [(o["symbol"], o["side"], o["qty"]) for o in r["plan"]]
         assert got == [(o["symbol"], o["side"], o["qty"]) for o in e["example_plan"]]

@@ -1,5 +1,5 @@
 """A synthetic book with credit terms (docs/credit-controls.md), for the pre-trade and credit
-benchmarks: `monitor.synthbook` tables plus industry groups, free floats, eligibility lists,
+benchmarks: `monitor.book.synthetic` tables plus industry groups, free floats, eligibility lists,
 per-account credit lines and a concentration cap table, loaded through `build_book`."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import orjson
 import pyarrow as pa
 
 from kernels import units as u
-from monitor.bookio import build_book
-from monitor.synthbook import generate, write_book
+from monitor.book.load import build_book
+from monitor.book.synthetic import generate, write_book
 
 CAPS = [{"below": "1.80", "single": "0.30", "group": "0.60"},
         {"below": "2.40", "single": "0.50", "group": "0.80"}]

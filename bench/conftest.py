@@ -28,10 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import _book  # noqa: E402
-
 from kernels import units as u  # noqa: E402
 from kernels.ratios import collect_changes, sweep_tiers  # noqa: E402
+from monitor.perf import book_cache as _book  # noqa: E402
 
 SIZES = [int(x) for x in os.environ.get("MM_BENCH_SIZES", "100000,1000000").split(",") if x]
 LAYOUTS = [x for x in os.environ.get("MM_BENCH_LAYOUTS", "packed,slack").split(",") if x]
@@ -163,9 +162,9 @@ def record(benchmark, per: dict[str, int], **info):
 # ------------------------------------------------------------------ compile times
 
 
-def _probe(kernel: str, cache_dir: str) -> dict:
+def compile_probe_run(kernel: str, cache_dir: str) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, str(HERE / "_compile_probe.py"), kernel], env=env,
+    out = subprocess.run([sys.executable, "-m", "monitor.perf.compile_probe", kernel], env=env,
                          capture_output=True, text=True, check=True, cwd=str(HERE.parent))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -181,8 +180,8 @@ def compile_times():
     def get(kernel: str) -> dict:
         if kernel not in cache:
             with tempfile.TemporaryDirectory(prefix="mm-numba-cache-") as d:
-                cold = _probe(kernel, d)
-                warm = _probe(kernel, d)
+                cold = compile_probe_run(kernel, d)
+                warm = compile_probe_run(kernel, d)
             cache[kernel] = {"uncached_s": round(cold["first_call_s"], 4),
                              "cached_s": round(warm["first_call_s"], 4),
                              "import_s": round(warm["import_s"], 4)}

@@ -46,16 +46,16 @@ sys.path.insert(0, str(HERE.parent))
 
 from _credit import random_actions, write_credit_book  # noqa: E402
 
-from monitor.bookio import load_book  # noqa: E402
+from monitor.book.load import load_book  # noqa: E402
 
 TOKEN = "pretrade-load-token-3c7f1e"
 
 
 def book_folder(accounts: int, securities: int) -> Path:
-    cache = Path(os.environ.get("MM_BENCH_CACHE", HERE / ".cache"))
+    cache = Path(os.environ.get("MM_BENCH_CACHE", Path.cwd() / ".mm-bench-cache"))
     out = cache / f"credit-{accounts}-{securities}"
     if not (out / "positions.parquet").exists():
-        print(f"writing the book to {out.relative_to(HERE.parent)} ...", file=sys.stderr)
+        print(f"writing the book to {out} ...", file=sys.stderr)
         write_credit_book(out, accounts, securities)
     return out
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import tempfile
 
 import pytest
-from _compile_probe import KERNELS
-from conftest import _probe
+from conftest import compile_probe_run
+
+from monitor.perf.compile_probe import KERNELS
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -19,6 +20,6 @@ def test_compile_time(benchmark, kernel, compile_times):
     benchmark.group = "compile"
     times = compile_times(kernel)
     with tempfile.TemporaryDirectory(prefix="mm-numba-cache-") as d:
-        _probe(kernel, d)  # fill this cache
-        benchmark.pedantic(_probe, args=(kernel, d), rounds=1, iterations=1)
+        compile_probe_run(kernel, d)  # fill this cache
+        benchmark.pedantic(compile_probe_run, args=(kernel, d), rounds=1, iterations=1)
     benchmark.extra_info.update(kernel=kernel, **times)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _baselines import pick_securities
 from conftest import BAND_BP, record
 
 from kernels.incremental import apply_price_changes, retier_accounts
 from kernels.units import MONEY_SCALE
+from monitor.perf.baselines import pick_securities
 
 CLASSES = ("cold", "median", "hot")
 STEP = MONEY_SCALE // 100  # one fen

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from _credit import credit_book, random_actions
 
-from monitor.engine import Engine
-from monitor.pretrade import PretradeService, check
-from monitor.state import MarginState
+from monitor.core.engine import Engine
+from monitor.core.pretrade import PretradeService, check
+from monitor.core.state import MarginState
 
 SIZES = [int(x) for x in os.environ.get("MM_BENCH_SIZES", "100000,1000000").split(",") if x]
 N_SECURITIES = int(os.environ.get("MM_BENCH_SECURITIES", "5000"))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _baselines import numpy_sweep_tiers, python_sample, python_sweep_tiers
 from conftest import BAND_BP, PY_ACCOUNTS, parallel_probe, record
 
 from kernels.ratios import collect_changes, sweep, sweep_tiers
+from monitor.perf.baselines import numpy_sweep_tiers, python_sample, python_sweep_tiers
 
 THREADS = pytest.mark.parametrize("n_threads", [1, 2], ids=["1thread", "2threads"])
 

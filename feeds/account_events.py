@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from feeds.base import mask_url, parse_params
+from feeds.net import mask_url, parse_params
 from feeds.redisfeed import PARAMS, StreamReader, split_redis_spec
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""The feed adapter protocol, shared bookkeeping, and `open_feed` (the CLI's `--feed SPEC`).
+"""The feed adapter protocol and the adapters' shared bookkeeping (`feeds.registry.open_feed`
+turns the CLI's `--feed SPEC` into one of them).
 
 A feed yields `TickBatch`es of validated ticks:
 
@@ -21,17 +22,15 @@ Specs:
     rediss://...                       feeds.redisfeed (the last path element is the stream key,
                                        the one before it the database number)
 
-Passwords never appear in names, reprs or logs: `mask_url` replaces them with `***`.
+Passwords never appear in names, reprs or logs (`feeds.net.mask_url`).
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -139,87 +138,3 @@ class BaseFeed:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: delay k is min(cap, initial·factor^k), scaled by a
-    random factor in [1 − jitter, 1]."""
-
-    def __init__(self, initial: float = 0.1, maximum: float = 5.0, factor: float = 2.0,
-                 jitter: float = 0.5, rng: random.Random | None = None):
-        self.initial, self.maximum, self.factor, self.jitter = initial, maximum, factor, jitter
-        self.rng = rng or random.Random()
-        self.attempt = 0
-
-    def next(self) -> float:
-        base = min(self.maximum, self.initial * self.factor ** min(self.attempt, 64))
-        self.attempt += 1
-        return base * (1.0 - self.jitter * self.rng.random())
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (if any) replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def parse_params(query: str, types: dict[str, type], where: str) -> dict:
-    """`a=1&b=x` -> typed kwargs; unknown keys are an error (a typo must not pass silently)."""
-    out = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in types:
-            raise ValueError(f"{where}: unknown parameter {key!r} (known: {', '.join(types)})")
-        t = types[key]
-        try:
-            if t is bool:
-                low = value.strip().lower()
-                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                out[key] = low in ("1", "true", "yes", "on")
-            else:
-                out[key] = t(value)
-        except ValueError:
-            raise ValueError(f"{where}: bad value for {key!r}: {value!r}") from None
-    return out
-
-
-def open_feed(spec: str, universe, **kw) -> Feed:
-    """A feed from a CLI spec (see the module docstring). `kw` are passed to the adapter and
-    override parameters given in the spec."""
-    if spec == "synthetic" or spec.startswith(("synthetic:", "synthetic?")):
-        from feeds.synthetic import SyntheticFeed
-
-        return SyntheticFeed.from_spec(spec[len("synthetic"):], universe, **kw)
-    if spec.startswith("replay:"):
-        from feeds.replay import ReplayFeed
-
-        return ReplayFeed.from_spec(spec[len("replay:"):], universe, **kw)
-    if spec.startswith(("ws://", "wss://")):
-        from feeds.wsfeed import WebSocketFeed
-
-        return WebSocketFeed(universe, spec, **kw)
-    if spec.startswith(("redis://", "rediss://")):
-        from feeds.redisfeed import RedisFeed
-
-        return RedisFeed.from_spec(spec, universe, **kw)
-    raise ValueError(
-        f"unknown feed spec {mask_url(spec)!r}: expected synthetic[:scenario], replay:PATH, "
-        "ws://, wss://, redis:// or rediss://"
-    )

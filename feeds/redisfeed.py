@@ -31,7 +31,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from feeds.base import Backoff, BaseFeed, mask_url, parse_params
+from feeds.base import BaseFeed
+from feeds.net import Backoff, mask_url, parse_params
 from feeds.ticks import TickBatch
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from feeds.base import BaseFeed, parse_params
+from feeds.base import BaseFeed
+from feeds.net import parse_params
 from feeds.ticks import TickBatch
 
 FORMATS = ("jsonl", "csv", "parquet")

@@ -49,7 +49,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import orjson
 
-from feeds.base import BaseFeed, parse_params
+from feeds.base import BaseFeed
+from feeds.net import parse_params
 from feeds.ticks import NEVER, TickBatch
 
 DEFAULT_START_NS = 1_763_688_600_000_000_000  # 2025-11-21 09:30:00 +08:00

@@ -24,7 +24,8 @@ from collections.abc import AsyncIterator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from feeds.base import Backoff, BaseFeed, mask_url
+from feeds.base import BaseFeed
+from feeds.net import Backoff, mask_url
 from feeds.ticks import TickBatch
 
 log = logging.getLogger(__name__)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+
+from monitor.book.data import SAMPLE_BOOK
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID = 2
 
-SAMPLE_BOOK = Path(__file__).parent / "data" / "sample_book.json"
 
 
 def _evaluate(args) -> int:
@@ -19,9 +19,8 @@ def _evaluate(args) -> int:
     import orjson
 
     from kernels import units as u
-
-    from .bookio import BookError, load_book
-    from .state import MarginState, PlanCosts
+    from monitor.book.load import BookError, load_book
+    from monitor.core.state import MarginState, PlanCosts
 
     try:
         book = load_book(args.book)
@@ -54,7 +53,7 @@ def _evaluate(args) -> int:
 def _make_book(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from . import synthbook
+    from monitor.book import synthetic as synthbook
 
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(),
@@ -90,7 +89,7 @@ def _serve(cfg, book, redis_url, banner) -> int:
     import asyncio
     import signal
 
-    from .runtime import Monitor
+    from monitor.app.runtime import Monitor
 
     async def main() -> int:
         mon = Monitor(cfg, book, redis_url=redis_url)
@@ -108,17 +107,17 @@ def _serve(cfg, book, redis_url, banner) -> int:
 
 
 def _check_credit_settings(cfg) -> None:
-    from .credit import CreditConfig
-    from .pretrade_http import check_config
+    from monitor.core.credit import CreditConfig
+    from monitor.web.pretrade_http import check_config
 
     CreditConfig.from_dict(cfg.credit)
     check_config(cfg)
 
 
 def _run(args) -> int:
-    from .bookio import BookError, load_book
-    from .config import ConfigError, load_config
-    from .patterns import PatternConfig
+    from monitor.app.config import ConfigError, load_config
+    from monitor.book.load import BookError, load_book
+    from monitor.core.patterns import PatternConfig
 
     _setup_logging(args.log_level)
     try:
@@ -156,10 +155,10 @@ def _run(args) -> int:
 
 
 def _demo(args) -> int:
-    from . import synthbook
-    from .bookio import build_book
-    from .config import RunConfig
-    from .demo import private_redis
+    from monitor.app.config import RunConfig
+    from monitor.app.demo import private_redis
+    from monitor.book import synthetic as synthbook
+    from monitor.book.load import build_book
 
     _setup_logging(args.log_level)
     print(f"margin-monitor demo: building a synthetic book of {args.accounts} accounts ...",
@@ -368,26 +367,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(args) -> int:
-    from .report import run
+    from monitor.reports.statements import run
 
     return run(args)
 
 
 def _soak(args) -> int:
-    from .soak import run
+    from monitor.perf.soak import run
 
     return run(args)
 
 
 def _bench(args) -> int:
-    from .benchcmd import run
+    from monitor.perf.bench import run
 
     return run(args)
 
 
 def _liquidation(name: str):
     def run(args) -> int:
-        from .liquidator import cli
+        from monitor.liquidator import cli
 
         return getattr(cli, name)(args)
     return run

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from kernels import units as u
 from kernels.ratios import tier_of
-from monitor import synthbook
-from monitor.account_events import AccountEventError
-from monitor.bookio import book_from_dict, load_book
-from monitor.engine import Engine, EngineConfig
-from monitor.state import MarginState
-from monitor.warmup import SAMPLE_BOOK
+from monitor.app.warmup import SAMPLE_BOOK
+from monitor.book import synthetic as synthbook
+from monitor.book.load import book_from_dict, load_book
+from monitor.core.account_events import AccountEventError
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.state import MarginState
 
 T0 = 1_763_712_000_000_000_000
 

@@ -9,14 +9,14 @@ import pytest
 from reference import RefBook, amounts, fen, pct
 from spec import load_vectors
 
-from monitor.audit import AuditLog
-from monitor.bookio import load_book
+from monitor.adapters.audit import AuditLog
+from monitor.app.warmup import SAMPLE_BOOK
+from monitor.book.load import load_book
 from monitor.cli import main
-from monitor.engine import Engine, EngineConfig
-from monitor.patterns import PatternConfig, PatternWatch
-from monitor.report import Reporter, read_audit_dir, time_under_lines
-from monitor.state import MarginState
-from monitor.warmup import SAMPLE_BOOK
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.patterns import PatternConfig
+from monitor.core.state import MarginState
+from monitor.reports.statements import Reporter, read_audit_dir, time_under_lines
 
 T0 = 1_772_415_000_000_000_000
 S = 1_000_000_000
@@ -30,8 +30,8 @@ def publish(audit, events):
 def day(tmp_path, *, busy: bool):
     """A day on the sample book: start-up, then (busy) fills, a short sale, a price drop and a
     recovery, so the log holds tier changes, calls, a liquidation plan and a pattern hit."""
-    eng = Engine(MarginState(load_book(SAMPLE_BOOK), live=True), EngineConfig(run_id="day"))
-    eng.patterns = PatternWatch(eng, PatternConfig.from_dict({"round_trips": {"count": 1}}))
+    eng = Engine(MarginState(load_book(SAMPLE_BOOK), live=True), EngineConfig(run_id="day"),
+                 patterns=PatternConfig.from_dict({"round_trips": {"count": 1}}))
     audit = AuditLog(eng, tmp_path / "audit", sample_s=0.0)
     evs = publish(audit, eng.start(T0))
     if busy:

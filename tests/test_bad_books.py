@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from monitor.bookio import MAX_LISTED_PER_CHECK, BookError, book_from_dict, load_book
+from monitor.book.load import MAX_LISTED_PER_CHECK, BookError, book_from_dict, load_book
 
 
 def good() -> dict:

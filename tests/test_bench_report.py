@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.e2e import _holders
-from bench.jsonreport import dumps_report, json_safe
+from monitor.perf.e2e import object_holders
+from monitor.perf.jsonreport import dumps_report, json_safe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_json_safe_turns_any_value_into_json():
 
 def test_holders_reports_only_names_and_sizes():
     keyed_by_class = [{_Key: i, int: 0} for i in range(8)]
-    out = _holders(keyed_by_class, ["dict"])
+    out = object_holders(keyed_by_class, ["dict"])
     rows = out["dict"]
     assert rows and all(set(r["keys"]) == {"_Key", "int"} for r in rows)
     json.dumps(out)  # plain JSON without any help
@@ -46,7 +46,7 @@ def test_holders_reports_only_names_and_sizes():
 def test_e2e_report_with_gc_diagnostics_round_trips(tmp_path):
     out = tmp_path / "e2e"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.e2e", "--accounts", "5000", "--securities", "500",
+        [sys.executable, "-m", "monitor.perf.e2e", "--accounts", "5000", "--securities", "500",
          "--rate", "5000", "--seconds", "1", "--ramp", "", "--gc-diagnostics", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -4,14 +4,15 @@ import json
 import subprocess
 import sys
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 
 import pytest
 from bookgen import book_from_vector
 from spec import load_vectors
 
+from monitor.book.data import SAMPLE_BOOK
+
 VECTORS = load_vectors()
-SAMPLE = Path(__file__).resolve().parents[1] / "monitor" / "data" / "sample_book.json"
+SAMPLE = SAMPLE_BOOK
 
 
 def run(*args, check=True):

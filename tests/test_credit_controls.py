@@ -14,10 +14,10 @@ from credit_reference import CreditRef, add_credit_terms
 
 from kernels import units as u
 from kernels.concentration import ITEM_NAMES, concentration_fingerprints, line_use
-from monitor.bookio import BookError, book_from_dict, load_book
-from monitor.credit import CreditConfig, CreditControls
-from monitor.engine import Engine
-from monitor.state import MarginState
+from monitor.book.load import BookError, book_from_dict, load_book
+from monitor.core.credit import CreditConfig, CreditControls
+from monitor.core.engine import Engine
+from monitor.core.state import MarginState
 
 S = u.RATIO_SCALE
 
@@ -32,7 +32,7 @@ def test_kernels_match_the_reference(seed):
     doc, rf = _book(seed)
     st = MarginState(book_from_dict(doc), live=True)
     eng = Engine(st)
-    cc = CreditControls(eng)
+    cc = eng.credit
     b = st.book
     idx = np.arange(b.n_accounts, dtype=np.int64)
     A, L = st.values(idx)
@@ -156,9 +156,8 @@ def cap_book() -> dict:
 
 def _engine(doc, slice_accounts=5):
     st = MarginState(book_from_dict(doc), live=True)
-    eng = Engine(st)
+    eng = Engine(st, credit=CreditConfig(slice_accounts=slice_accounts))
     eng.start(0)
-    eng.__dict__["_credit"] = CreditControls(eng, CreditConfig(slice_accounts=slice_accounts))
     return st, eng
 
 
@@ -235,7 +234,7 @@ def test_rotation_visits_every_account_once_per_round():
     st = MarginState(book_from_dict(doc), live=True)
     eng = Engine(st)
     eng.start(0)
-    cc = CreditControls(eng, CreditConfig(slice_accounts=7))
+    cc = CreditControls(st, eng.stamps, eng.reported, CreditConfig(slice_accounts=7))
     evs = []
     for _ in range(cc.rotation_slices):
         evs += cc.check_slice(1)
@@ -244,7 +243,8 @@ def test_rotation_visits_every_account_once_per_round():
     assert cc.cursor == 0 and cc.rotation_slices == 15
     assert [e for e in cc.check_slice(2) if e["kind"] == "CONCENTRATION"] == []
     # the same with at most 3 changed accounts per call: more calls, the same events
-    small = CreditControls(eng, CreditConfig(slice_accounts=7, max_changes=3))
+    small = CreditControls(st, eng.stamps, eng.reported,
+                           CreditConfig(slice_accounts=7, max_changes=3))
     seen, calls = set(), 0
     while True:
         evs = small.check_slice(1)

@@ -16,12 +16,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from kernels import units as u
-from monitor import synthbook
-from monitor.bookio import build_book
-from monitor.desk import CROSS_KEYS, Desk, FileAckStore, RedisAckStore
-from monitor.engine import Engine, EngineConfig
-from monitor.server import AlertServer
-from monitor.state import MarginState, yuan
+from monitor.book import synthetic as synthbook
+from monitor.book.load import build_book
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.state import MarginState, yuan
+from monitor.desk.readmodel import CROSS_KEYS, Desk, FileAckStore, RedisAckStore
+from monitor.web.server import AlertServer
 
 T0 = 1_763_712_000_000_000_000
 TOKEN = "desk-unit-token-7c41e9a2"
@@ -504,7 +504,7 @@ async def test_event_memory_stays_under_its_byte_budget(book):
 
 
 def test_event_ring_per_account_trim_and_compaction():
-    from monitor.eventring import ENTRY_BYTES, EventRing
+    from monitor.desk.eventring import ENTRY_BYTES, EventRing
 
     ring = EventRing(100 * (10 + ENTRY_BYTES), {"A": 0, "B": 1}, per_account=3)
     for i in range(10_000):  # compaction of the ring list happens on the way

@@ -104,9 +104,9 @@ class MonitorProc:
 def final_prices(book_dir: Path) -> np.ndarray:
     """The prices the monitor ends on: the same seeded feed, replayed here as fast as possible
     (its content depends only on the seed, the universe and the parameters)."""
-    from feeds.base import open_feed
-    from monitor.bookio import load_book
-    from monitor.runtime import universe_of
+    from feeds.registry import open_feed
+    from monitor.book.load import load_book
+    from monitor.book.universe import universe_of
 
     book = load_book(book_dir)
     price = book.price.copy()
@@ -126,7 +126,7 @@ def final_prices(book_dir: Path) -> np.ndarray:
 
 def evaluate_at(tables: dict, price: np.ndarray, out: Path) -> dict[str, dict]:
     """`margin-monitor evaluate` on the book with its prices replaced: account -> record."""
-    from monitor import synthbook
+    from monitor.book import synthetic as synthbook
 
     sec = tables["securities"]
     col = pa.array([Decimal(int(p)) / 1000 for p in price.tolist()], type=sec.schema.field(
@@ -141,7 +141,7 @@ def evaluate_at(tables: dict, price: np.ndarray, out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def desk(tmp_path_factory, redis_server):
-    from monitor import synthbook
+    from monitor.book import synthetic as synthbook
 
     redis_server.resume()
     if not redis_server.running:

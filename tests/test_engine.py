@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import units as u
-from monitor import synthbook
-from monitor.bookio import book_from_dict, load_book
-from monitor.calls import CHINA, trading_day_after
-from monitor.engine import Engine, EngineConfig
-from monitor.state import MarginState
-from monitor.warmup import SAMPLE_BOOK
+from monitor.app.warmup import SAMPLE_BOOK
+from monitor.book import synthetic as synthbook
+from monitor.book.load import book_from_dict, load_book
+from monitor.core.calls import CHINA, trading_day_after
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.state import MarginState
 
 T0 = int(datetime(2026, 11, 20, 10, 0, tzinfo=CHINA).timestamp()) * 1_000_000_000  # a Friday
 

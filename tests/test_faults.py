@@ -21,8 +21,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from kernels import units as u
-from monitor import synthbook
-from monitor.bookio import load_book
+from monitor.book import synthetic as synthbook
+from monitor.book.load import load_book
 
 TOKEN = "fault-test-token-0123456789abcdef"
 T0 = 1_763_712_000_000_000_000
@@ -292,7 +292,7 @@ def test_redis_sigstopped_the_tick_path_keeps_cycling_and_events_flow_after(
     """Ticks come from a websocket feed; Redis (alerts and account events) is frozen for
     several seconds: cycles continue and websocket clients keep getting events; account
     events queued meanwhile are applied after SIGCONT."""
-    from monitor.warmup import SAMPLE_BOOK
+    from monitor.app.warmup import SAMPLE_BOOK
 
     async def scenario():
         feed_clients = set()
@@ -349,7 +349,7 @@ def test_feed_drop_and_silence_reconnect_stale_state_and_no_false_breach(tmp_pat
     """The websocket tick feed drops (server gone), comes back and replays old ticks, then
     goes silent: the monitor reconnects with backoff, /healthz and the summary say the feed is
     disconnected / stale, and old or absent prices move no account."""
-    from monitor.warmup import SAMPLE_BOOK
+    from monitor.app.warmup import SAMPLE_BOOK
 
     async def scenario():
         clients = set()

@@ -10,8 +10,10 @@ import numpy as np
 import orjson
 import pytest
 
-from feeds.base import Backoff, Feed, FeedStats, mask_url, open_feed
+from feeds.base import Feed, FeedStats
+from feeds.net import Backoff, mask_url
 from feeds.redisfeed import RedisFeed, split_redis_spec
+from feeds.registry import open_feed
 from feeds.replay import ReplayFeed
 from feeds.synthetic import SyntheticFeed
 from feeds.ticks import NEVER, REASONS, TickBatch

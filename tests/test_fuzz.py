@@ -37,13 +37,13 @@ from test_bad_books import good as good_book_doc
 from websockets.sync.client import connect as ws_connect
 
 from feeds.ticks import TickParser
-from monitor.account_events import FILL_SIDES, TYPES, AccountEventError
-from monitor.bookio import BookError, book_from_dict, load_book
-from monitor.engine import Engine, EngineConfig
-from monitor.runtime import universe_of
-from monitor.server import TIERS, AlertServer
-from monitor.state import MarginState
-from monitor.warmup import SAMPLE_BOOK
+from monitor.app.warmup import SAMPLE_BOOK
+from monitor.book.load import BookError, book_from_dict, load_book
+from monitor.book.universe import universe_of
+from monitor.core.account_events import FILL_SIDES, TYPES, AccountEventError
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.state import MarginState
+from monitor.web.server import TIERS, AlertServer
 
 CASES = int(os.environ.get("MM_FUZZ_CASES", "0"))
 WEIGHTS = {"ticks": 0.25, "account_events": 0.25, "book_json": 0.1, "book_csv": 0.05,
@@ -508,10 +508,10 @@ def served(tmp_path_factory):
     (base / "secret.txt").write_text(SECRET)
     s = Served(root)
     h = _Errors(s.errors)
-    for name in ("monitor.server", "monitor.server.websockets"):
+    for name in ("monitor.web.server", "monitor.web.server.websockets"):
         logging.getLogger(name).addHandler(h)
     yield s
-    for name in ("monitor.server", "monitor.server.websockets"):
+    for name in ("monitor.web.server", "monitor.web.server.websockets"):
         logging.getLogger(name).removeHandler(h)
     s.close()
 

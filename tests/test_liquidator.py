@@ -20,10 +20,13 @@ import pytest
 import redis
 from conftest import free_port
 
-from monitor.bookio import book_from_dict
+from monitor.adapters.outbox import encode_event
+from monitor.app.config import ConfigError
+from monitor.book.data import SAMPLE_BOOK
+from monitor.book.load import book_from_dict
 from monitor.cli import main as cli_main
-from monitor.config import ConfigError
-from monitor.engine import Engine, EngineConfig
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.state import MarginState
 from monitor.liquidator import (
     ControlError,
     HttpRepricer,
@@ -35,11 +38,9 @@ from monitor.liquidator import (
     verify,
 )
 from monitor.liquidator.hooks import WebhookHook
-from monitor.outbox import encode_event
-from monitor.state import MarginState
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "monitor" / "data" / "sample_book.json"
+SAMPLE = SAMPLE_BOOK
 VECTORS = json.loads((ROOT / "tests" / "data" / "vectors.json").read_text())["vectors"]
 SECRET = "webhook-secret-0123456789abcdef"
 # a line profile under which the vector accounts are below the forced-liquidation line at the

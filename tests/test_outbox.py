@@ -13,7 +13,8 @@ import pytest
 import redis
 from conftest import free_port
 
-from monitor.outbox import RedisOutbox, encode_event, mask_url
+from feeds.net import mask_url
+from monitor.adapters.outbox import RedisOutbox, encode_event
 
 TIERS = ["NORMAL", "WARNING", "MARGIN_CALL", "FORCED_LIQUIDATION"]
 

@@ -3,12 +3,12 @@ fill, one trip or one nanosecond short of it."""
 
 import pytest
 
-from monitor.bookio import load_book
-from monitor.config import ConfigError
-from monitor.engine import Engine, EngineConfig
-from monitor.patterns import PatternConfig, PatternWatch
-from monitor.state import MarginState
-from monitor.warmup import SAMPLE_BOOK
+from monitor.app.config import ConfigError
+from monitor.app.warmup import SAMPLE_BOOK
+from monitor.book.load import load_book
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.patterns import PatternConfig
+from monitor.core.state import MarginState
 
 T0 = 1_772_415_000_000_000_000
 S = 1_000_000_000
@@ -23,8 +23,8 @@ def engine(rules: dict, usual_volume_file: str | None = None):
         d[k] = {**d[k], "enabled": True, **v}
     if usual_volume_file:
         d["thin_turnover"]["usual_volume_file"] = usual_volume_file
-    eng = Engine(MarginState(load_book(SAMPLE_BOOK), live=True), EngineConfig(run_id="pt"))
-    eng.patterns = PatternWatch(eng, PatternConfig.from_dict(d))
+    eng = Engine(MarginState(load_book(SAMPLE_BOOK), live=True), EngineConfig(run_id="pt"),
+                 patterns=PatternConfig.from_dict(d))
     eng.start(T0)
     return eng
 

@@ -16,10 +16,10 @@ from conftest import start_monitor
 from credit_reference import CreditRef, add_credit_terms, random_action
 from websockets.asyncio.client import connect
 
-from monitor.bookio import book_from_dict
-from monitor.engine import Engine
-from monitor.pretrade import PretradeError, check
-from monitor.state import MarginState
+from monitor.book.load import book_from_dict
+from monitor.core.engine import Engine
+from monitor.core.pretrade import PretradeError, check
+from monitor.core.state import MarginState
 
 D = Decimal
 TOKEN = "pretrade-test-token-5a9d0c11"

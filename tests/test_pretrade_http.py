@@ -13,8 +13,8 @@ import orjson
 import pytest
 from conftest import free_port, raw_get, start_monitor
 
-from monitor.config import ConfigError, RunConfig
-from monitor.credit import CreditConfig
+from monitor.app.config import ConfigError, RunConfig
+from monitor.core.credit import CreditConfig
 
 TOKEN = "pretrade-http-token-77e1b2c4"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
@@ -293,8 +293,8 @@ def test_credit_table_is_read_and_checked():
 
 
 def test_the_engine_builds_its_controls_with_the_table(tmp_path):
-    from monitor.bookio import book_from_dict
-    from monitor.runtime import Monitor
+    from monitor.app.runtime import Monitor
+    from monitor.book.load import book_from_dict
 
     (tmp_path / "empty.jsonl").write_text("")
     cfg = RunConfig(book="x", feed=f"replay:{tmp_path / 'empty.jsonl'}",

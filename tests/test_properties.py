@@ -29,9 +29,9 @@ from kernels import units as u
 from kernels.incremental import apply_price_changes, retier_accounts
 from kernels.liquidation import plan_account
 from kernels.ratios import collect_changes, next_reported_tier, sweep, sweep_tiers, tier_of
-from monitor.book import Holdings
-from monitor.bookio import book_from_dict
-from monitor.state import MarginState, PlanCosts
+from monitor.book.load import book_from_dict
+from monitor.book.model import Holdings
+from monitor.core.state import MarginState, PlanCosts
 
 SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from kernels import units as u
 from kernels.ratios import next_reported_tier, tier_of
 from kernels.reach import N_CLASSES, bound_of, reach_of
-from monitor import synthbook
-from monitor.account_events import AccountEventError
-from monitor.bookio import book_from_dict
-from monitor.engine import Engine, EngineConfig
-from monitor.state import MarginState
+from monitor.book import synthetic as synthbook
+from monitor.book.load import book_from_dict
+from monitor.core.account_events import AccountEventError
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.state import MarginState
 
 T0 = 1_763_712_000_000_000_000
 LINES = np.array([30000, 15000, 13000, 11000, 15000], dtype=np.int64)

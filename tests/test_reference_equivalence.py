@@ -21,9 +21,9 @@ from kernels import units as u
 from kernels.margin import available_margin_balance, withdrawable_one
 from kernels.ratios import collect_changes, plain_tiers, sweep, sweep_tiers
 from kernels.stress import distances, stress_ratio
-from monitor.book import Book, Holdings
-from monitor.bookio import book_from_dict, load_book
-from monitor.state import MarginState, PlanCosts
+from monitor.book.load import book_from_dict, load_book
+from monitor.book.model import Book, Holdings
+from monitor.core.state import MarginState, PlanCosts
 
 SEEDS = (11, 23, 37, 41)
 N_ACCOUNTS = 250

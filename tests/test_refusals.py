@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from monitor.server import REFUSALS, AlertServer
+from monitor.web.server import REFUSALS, AlertServer
 
 TOKEN = "refusal-test-token-5a0c93e1d7"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

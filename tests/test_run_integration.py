@@ -6,7 +6,6 @@ import json
 import signal
 import time
 import urllib.request
-from pathlib import Path
 
 import orjson
 import pytest
@@ -14,7 +13,9 @@ import redis
 from conftest import start_monitor
 from websockets.asyncio.client import connect
 
-SAMPLE = Path(__file__).resolve().parents[1] / "monitor" / "data" / "sample_book.json"
+from monitor.book.data import SAMPLE_BOOK
+
+SAMPLE = SAMPLE_BOOK
 TOKEN = "integration-test-token-0123456789"
 
 

@@ -8,7 +8,7 @@ import time
 import orjson
 import redis
 
-from monitor import synthbook
+from monitor.book import synthetic as synthbook
 
 
 def test_redis_stopped_and_restarted_mid_run_loses_no_event(redis_fresh, tmp_path):

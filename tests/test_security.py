@@ -25,10 +25,11 @@ from conftest import free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from monitor.config import ConfigError, RunConfig
+from monitor.app.config import ConfigError, RunConfig
+from monitor.book.data import SAMPLE_BOOK
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "monitor" / "data" / "sample_book.json"
+SAMPLE = SAMPLE_BOOK
 TOKEN = "sec-test-token-7d1e0b55c2a94f3e"
 REDIS_USER = "mmuser"
 REDIS_PASSWORD = "redis-pw-91c4e7a2b6d04f18"
@@ -173,7 +174,7 @@ def test_rediss_to_a_tls_redis_server(tmp_path, caplog):
     masked in its stats and never logged."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server binary not found")
-    from monitor.outbox import RedisOutbox
+    from monitor.adapters.outbox import RedisOutbox
 
     cert, key = make_cert(tmp_path)
     srv = TlsRedis(tmp_path, cert, key)
@@ -233,7 +234,7 @@ def test_tls_config_errors_are_typed(tmp_path):
 
 
 def test_loopback_by_default_and_token_rules(monkeypatch, tmp_path):
-    from monitor.server import AlertServer
+    from monitor.web.server import AlertServer
 
     assert RunConfig().host_port[0] == "127.0.0.1"
     import inspect
@@ -256,7 +257,8 @@ def test_secret_comparisons_are_constant_time():
     through hmac.compare_digest: no `==` / `!=` / `in` on those names in the sources."""
     secret_names = {"_token", "token", "_session", "session", "signature", "cred", "cand",
                     "secret", "webhook_secret"}
-    files = [ROOT / "monitor" / "server.py", ROOT / "monitor" / "desk.py",
+    files = [*sorted((ROOT / "monitor" / "web").rglob("*.py")),
+             *sorted((ROOT / "monitor" / "desk").rglob("*.py")),
              ROOT / "monitor" / "liquidator" / "hooks.py"]
     bad = []
     for f in files:
@@ -269,4 +271,4 @@ def test_secret_comparisons_are_constant_time():
                 if names & secret_names:
                     bad.append(f"{f.name}:{node.lineno}")
     assert not bad, f"non-constant-time secret comparison at {bad}"
-    assert "hmac.compare_digest" in (ROOT / "monitor" / "server.py").read_text()
+    assert any("hmac.compare_digest" in f.read_text() for f in files if "web" in f.parts)

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from monitor.outbox import encode_event
-from monitor.server import AlertServer
+from monitor.adapters.outbox import encode_event
+from monitor.web.server import AlertServer
 
 TOKEN = "tok-3f9a1c77e2b54d0c9e1a"
 TIERS = ["NORMAL", "WARNING", "MARGIN_CALL", "FORCED_LIQUIDATION"]
@@ -323,7 +323,7 @@ async def test_tokens_never_logged(make_server, caplog):
             pass
     await raw_get(port, f"/metrics?token={TOKEN}")
     ours = [r for r in caplog.records if r.name.startswith("monitor")]
-    assert any(r.name == "monitor.server.websockets" and "< GET /ws/alerts?token=***" in
+    assert any(r.name == "monitor.web.server.websockets" and "< GET /ws/alerts?token=***" in
                r.getMessage() for r in ours)  # the library's debug request log is captured...
     for rec in ours:  # ...with tokens redacted (the test's own client logs them, not us)
         assert TOKEN not in rec.getMessage() and "wrong-token-value" not in rec.getMessage()

@@ -7,17 +7,17 @@ import pytest
 from test_engine import T0, random_ticks, strip
 
 from kernels import units as u
-from monitor import synthbook
-from monitor.bookio import book_from_dict
-from monitor.engine import Engine, EngineConfig
-from monitor.snapshot import (
+from monitor.adapters.snapshot import (
     MANIFEST,
     SnapshotError,
     book_fingerprint,
     read_snapshot,
     write_snapshot,
 )
-from monitor.state import MarginState
+from monitor.book import synthetic as synthbook
+from monitor.book.load import book_from_dict
+from monitor.core.engine import Engine, EngineConfig
+from monitor.core.state import MarginState
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from monitor import synthbook as sb
+from monitor.book import synthetic as sb
 
 N_ACCOUNTS = 20_000
 N_SECURITIES = 1_000

@@ -16,8 +16,8 @@ from bookgen import book_from_vector
 from spec import load_vectors
 
 from kernels import units as u
-from monitor.bookio import book_from_dict
-from monitor.state import MarginState, PlanCosts
+from monitor.book.load import book_from_dict
+from monitor.core.state import MarginState, PlanCosts
 
 VECTORS = load_vectors()
 PLAN_VECTORS = [v for v in VECTORS if "example_plan" in v["expected"]]

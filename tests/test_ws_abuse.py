@@ -16,7 +16,7 @@ from conftest import start_monitor
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from monitor import synthbook
+from monitor.book import synthetic as synthbook
 
 TOKEN = "abuse-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

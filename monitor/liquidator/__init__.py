@@ -10,12 +10,12 @@ once and idempotent (docs/liquidation.md).
 - repricer.py: fresh plans from the running monitor when a trigger's plan is too old.
 """
 
-from .config import LiquidatorConfig, load_liquidator_config
-from .control import ControlError, LiquidationControl
-from .hooks import HookError, PermanentHookError, sign, verify
-from .orders import Keys, build_orders, order_id
-from .repricer import HttpRepricer, PermanentRepriceError, RepriceError, Repricer
-from .worker import Liquidator
+from monitor.liquidator.config import LiquidatorConfig, load_liquidator_config
+from monitor.liquidator.control import ControlError, LiquidationControl
+from monitor.liquidator.hooks import HookError, PermanentHookError, sign, verify
+from monitor.liquidator.orders import Keys, build_orders, order_id
+from monitor.liquidator.repricer import HttpRepricer, PermanentRepriceError, RepriceError, Repricer
+from monitor.liquidator.worker import Liquidator
 
 __all__ = [
     "ControlError", "HookError", "HttpRepricer", "Keys", "LiquidationControl", "Liquidator",

@@ -21,8 +21,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _config(args, **extra):
-    from ..config import ConfigError
-    from .config import load_liquidator_config
+    from monitor.errors import ConfigError
+    from monitor.liquidator.config import load_liquidator_config
 
     over = {"redis": getattr(args, "redis", None), "key_prefix": getattr(args, "key_prefix", None)}
     over.update(extra)
@@ -37,8 +37,8 @@ def _config(args, **extra):
 def liquidator(args) -> int:
     import signal
 
-    from ..config import ConfigError
-    from .worker import Liquidator
+    from monitor.errors import ConfigError
+    from monitor.liquidator.worker import Liquidator
 
     cfg = _config(args, alerts_stream=args.alerts_stream, group=args.group,
                   consumer=args.consumer, hook=args.hook, mode=args.mode,
@@ -83,7 +83,7 @@ def _when(ns) -> str:
 
 
 def kill_switch(args) -> int:
-    from .control import LiquidationControl
+    from monitor.liquidator.control import LiquidationControl
 
     cfg = _config(args)
     if cfg is None:
@@ -117,7 +117,7 @@ def kill_switch(args) -> int:
 
 
 def approvals(args) -> int:
-    from .control import ControlError, LiquidationControl
+    from monitor.liquidator.control import ControlError, LiquidationControl
 
     cfg = _config(args)
     if cfg is None:
@@ -166,16 +166,12 @@ def approvals(args) -> int:
 def _run_control(main, name: str, cfg) -> int:
     from redis.exceptions import RedisError
 
-    from ..outbox import mask_url
+    from feeds.net import mask_url, redact, url_secrets
 
     try:
         return asyncio.run(main())
     except (RedisError, OSError) as e:
-        msg = f"{type(e).__name__}: {e}"
-        from ..outbox import _url_secrets
-
-        for s in _url_secrets(cfg.redis):
-            msg = msg.replace(s, "***")
+        msg = redact(f"{type(e).__name__}: {e}", url_secrets(cfg.redis))
         print(f"margin-monitor {name}: Redis {mask_url(cfg.redis)} failed: {msg}",
               file=sys.stderr)
         return EXIT_FAILURE

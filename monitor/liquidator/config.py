@@ -46,7 +46,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..config import ConfigError, read_toml
+from monitor.errors import ConfigError
+from monitor.settings import read_toml
 
 MODES = ("auto", "approve", "notify")
 

@@ -38,14 +38,10 @@ from typing import Any
 
 import orjson
 
-from .orders import Keys
+from monitor.errors import ControlError
+from monitor.liquidator.orders import Keys
 
 AUDIT_MAXLEN = 100_000
-
-
-class ControlError(Exception):
-    """The request cannot be done (unknown event, not pending, kill switch on); the message
-    says why."""
 
 
 def audit_entry(action: str, **fields: Any) -> dict[bytes, bytes]:

@@ -33,7 +33,8 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from ..outbox import mask_url
+from feeds.net import mask_url
+from monitor.errors import HookError, PermanentHookError
 
 log = logging.getLogger("monitor.liquidator")
 
@@ -41,14 +42,6 @@ SIGNATURE_HEADER = "X-Margin-Signature"
 TIMESTAMP_HEADER = "X-Margin-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ORDERS_MAXLEN = 1_000_000
-
-
-class HookError(Exception):
-    """The hook failed; the worker retries with backoff (then dead-letters)."""
-
-
-class PermanentHookError(HookError):
-    """The hook refused the orders for good (a bad request, a bad signature): no retry."""
 
 
 def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:

@@ -10,12 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.errors import BadEvent
+
 ACTIONABLE = ("forced_liquidation", "call_expired")
 SIDES = ("sell", "buy_to_cover")
-
-
-class BadEvent(ValueError):
-    """An alert entry that cannot be acted on (malformed, or missing what a plan needs)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,19 +23,12 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from ..outbox import mask_url
-from .hooks import call_maybe_async, load_callable
-from .orders import BadEvent, check_plan
+from feeds.net import mask_url
+from monitor.errors import PermanentRepriceError, RepriceError
+from monitor.liquidator.hooks import call_maybe_async, load_callable
+from monitor.liquidator.orders import BadEvent, check_plan
 
 ACCOUNT_PATH = "/api/account"
-
-
-class RepriceError(Exception):
-    """No fresh plan this time (retried with backoff, then dead-lettered)."""
-
-
-class PermanentRepriceError(RepriceError):
-    """The monitor does not know the account: retrying cannot help."""
 
 
 class Repricer:

@@ -41,12 +41,12 @@ from typing import Any
 
 import orjson
 
-from ..outbox import _url_secrets, mask_url
-from .config import LiquidatorConfig
-from .control import AUDIT_MAXLEN, audit_entry
-from .hooks import Hook, HookError, PermanentHookError, open_hook
-from .orders import BadEvent, Keys, build_orders, check_event, plan_age_s
-from .repricer import PermanentRepriceError, RepriceError, Repricer, open_repricer
+from feeds.net import Backoff, mask_url, redact, url_secrets
+from monitor.liquidator.config import LiquidatorConfig
+from monitor.liquidator.control import AUDIT_MAXLEN, audit_entry
+from monitor.liquidator.hooks import Hook, HookError, PermanentHookError, open_hook
+from monitor.liquidator.orders import BadEvent, Keys, build_orders, check_event, plan_age_s
+from monitor.liquidator.repricer import PermanentRepriceError, RepriceError, Repricer, open_repricer
 
 log = logging.getLogger("monitor.liquidator")
 
@@ -111,7 +111,7 @@ class Liquidator:
         self._client = client
         self._own_client = client is None
         self._masked = mask_url(cfg.redis)
-        self._secrets = _url_secrets(cfg.redis)
+        self._secrets = url_secrets(cfg.redis)
         self.stats: Counter = Counter()
         self._stop = asyncio.Event()
         self._tasks: dict[tuple[str, bytes], asyncio.Task] = {}
@@ -160,7 +160,7 @@ class Liquidator:
                  c.modes or "-", c.mode,
                  f"; repricer {self.repricer.name}" if self.repricer else "; no repricer",
                  "; DRY RUN: orders are logged, never sent" if c.dry_run else "")
-        delay = c.backoff_initial
+        backoff = self._backoff()
         t0 = time.monotonic()
         while not self.stopping:
             try:
@@ -174,11 +174,10 @@ class Liquidator:
                               time.monotonic() - t0)
                     await self._finish()
                     return 1
-                await self._sleep(delay)
-                delay = min(delay * 2, c.backoff_max)
+                await self._sleep(backoff.next())
         last_work = time.monotonic()
         next_claim = 0.0
-        delay = c.backoff_initial
+        backoff = self._backoff()
         try:
             while not self.stopping:
                 try:
@@ -208,15 +207,14 @@ class Liquidator:
                         log.info("liquidator %s: idle for %.1fs, exiting", self.consumer,
                                  until_idle)
                         break
-                    delay = c.backoff_initial
+                    backoff.reset()
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - Redis outage: back off, go on
                     self.stats["redis_errors"] += 1
                     log.warning("liquidator: Redis error (%s); retrying in %.1fs",
-                                self._redact(f"{type(e).__name__}: {e}"), delay)
-                    await self._sleep(delay)
-                    delay = min(delay * 2, c.backoff_max)
+                                self._redact(f"{type(e).__name__}: {e}"), backoff.peek())
+                    await self._sleep(backoff.next())
                     if "NOGROUP" in str(e):  # Redis came back empty (no persistence)
                         with contextlib.suppress(Exception):
                             await self._setup()
@@ -244,15 +242,19 @@ class Liquidator:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
 
+    def _backoff(self, attempt: int = 0) -> Backoff:
+        """The retry delays of the config: doubled per attempt up to the cap, jittered."""
+        b = Backoff(self.cfg.backoff_initial, self.cfg.backoff_max, jitter=0.3)
+        b.attempt = attempt
+        return b
+
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(),
                                    max(0.0, seconds) * random.uniform(0.8, 1.0))
 
     def _redact(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
+        return redact(text, self._secrets)
 
     # ------------------------------------------------------------------ intake
     async def _read(self, count: int, wait: float) -> int:
@@ -362,7 +364,7 @@ class Liquidator:
                     await self._dead_raw(stream, entry_id, fields,
                                          f"failed {tries} times: {msg}")
                 return
-            delay = min(self.cfg.backoff_initial * 2 ** (tries - 1), self.cfg.backoff_max)
+            delay = self._backoff(attempt=tries - 1).next()
             log.warning("liquidator: %s %s failed (%s); again in %.1fs", stream,
                         entry_id.decode(), msg, delay)
             if not self.stopping:
@@ -520,7 +522,7 @@ class Liquidator:
 
     async def _reprice(self, job: Job) -> dict | None:
         c = self.cfg
-        delay = c.backoff_initial
+        backoff = self._backoff()
         last = ""
         for n in range(1, c.max_attempts + 1):
             try:
@@ -536,8 +538,7 @@ class Liquidator:
                 log.warning("liquidator: re-pricing %s (account %s) failed (attempt %d/%d): %s",
                             job.event_id, job.account_id, n, c.max_attempts, last)
             if n < c.max_attempts:
-                await self._sleep(delay)
-                delay = min(delay * 2, c.backoff_max)
+                await self._sleep(backoff.next())
                 if self.stopping:
                     return None  # left pending: another worker or the next run goes on
         await self._uncooldown(job.account_id, job.event_id)
@@ -546,7 +547,7 @@ class Liquidator:
 
     async def _send(self, job: Job, orders: list[dict], resumed: bool) -> None:
         c = self.cfg
-        delay = c.backoff_initial
+        backoff = self._backoff()
         last = ""
         n = 0
         for n in range(1, c.max_attempts + 1):
@@ -578,8 +579,7 @@ class Liquidator:
                 log.warning("liquidator: hook %s failed for event %s (attempt %d/%d): %s",
                             self.hook.name, job.event_id, n, c.max_attempts, last)
             if n < c.max_attempts:
-                await self._sleep(delay)
-                delay = min(delay * 2, c.backoff_max)
+                await self._sleep(backoff.next())
                 if self.stopping:
                     return
         await self._dead_letter(job, orders, f"hook {self.hook.name} failed {n} time(s): "

@@ -1,0 +1,172 @@
+"""Run configuration: a TOML file (`monitor.toml`), overridden by CLI flags.
+
+```toml
+book = "books/1m"                # JSON file or folder of tables
+feed = "synthetic:crash"         # synthetic[:scenario] | replay:PATH | ws://… | redis://…/STREAM
+redis = "redis://127.0.0.1:6379/0"   # optional; passwords and rediss:// supported, never logged
+alerts_stream = "margin:alerts"
+alerts_maxlen = 1000000
+listen = "127.0.0.1:8765"        # port 0 picks a free port
+token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN in the environment
+tls_cert = "secrets/cert.pem"    # optional: serve https:// and wss:// (with tls_key)
+tls_key = "secrets/key.pem"
+hysteresis = "0.005"             # 0.5 percentage points
+sweep_share = 0.08
+reach = "off"                    # off | auto | always: see docs/capacity.md
+call_days = 2
+holidays = ["2026-10-01"]
+spill_dir = "spill"
+state_dir = "state"              # optional: periodic snapshots; a restart resumes from them
+audit_dir = "audit"              # optional: audit records and the end-of-day snapshot
+pretrade_listen = "127.0.0.1:8766"   # optional: keep-alive POST /api/pretrade (port 0: free)
+desk_event_bytes = 268435456     # the risk desk's memory of recent events (256 MiB)
+
+[patterns.round_trips]           # trading-pattern rules, see docs/reports-and-audit.md
+count = 3
+window_s = 1800
+
+[credit]                         # credit controls' rotation, see docs/credit-controls.md
+slice_accounts = 16384
+```
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+from monitor.errors import ConfigError
+from monitor.settings import read_toml
+
+
+@dataclass(slots=True)
+class RunConfig:
+    book: str = ""
+    feed: str = "synthetic"
+    events: str | None = None
+    redis: str | None = None
+    alerts_stream: str = "margin:alerts"
+    alerts_maxlen: int = 1_000_000
+    summary_key: str = "margin:summary"
+    listen: str = "127.0.0.1:8765"
+    token_file: str | None = None
+    token: str = field(default="", repr=False)
+    until_feed_ends: bool = False
+    hysteresis: str = "0.005"
+    sweep_share: float = 0.08
+    reach: str = "off"  # reach mode of the engine: off | auto | always (docs/capacity.md)
+    call_days: int = 2
+    holidays: list[str] = field(default_factory=list)
+    spill_dir: str = "spill"
+    heartbeat_s: float = 1.0
+    state_dir: str | None = None  # snapshots for restart (monitor/snapshot.py); off if unset
+    snapshot_interval_s: float = 30.0
+    stale_feed_s: float = 5.0  # no tick for this long: the summary says the feed is stale
+    max_connections: int = 64
+    ws_client_queue: int = 10_000  # frames queued per websocket client before it is dropped
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # trading-pattern watch rules ([patterns] table; monitor/patterns.py, reports-and-audit.md)
+    patterns: dict = field(default_factory=dict)
+    audit_dir: str | None = None  # audit records, intraday minimum, end-of-day snapshot
+    # keep-alive pre-trade listener (monitor/pretrade_http.py, credit-controls.md); off if unset
+    pretrade_listen: str | None = None
+    pretrade_max_connections: int = 256
+    pretrade_idle_timeout_s: float = 30.0
+    credit: dict = field(default_factory=dict)  # [credit] table: monitor/credit.py CreditConfig
+    desk_event_bytes: int = 256 * 2**20  # the risk desk's event memory (docs/risk-desk.md)
+
+    @property
+    def hysteresis_bp(self) -> int:
+        return int(Decimal(str(self.hysteresis)) * 10_000)
+
+    @property
+    def reach_mode(self) -> str:
+        if self.reach not in ("auto", "always", "off"):
+            raise ConfigError(f"reach: expected auto, always or off, got {self.reach!r}")
+        return self.reach
+
+    @property
+    def desk_event_budget(self) -> int:
+        v = self.desk_event_bytes
+        if not isinstance(v, int) or isinstance(v, bool) or v < 2**20:
+            raise ConfigError(f"desk_event_bytes: expected an integer number of bytes >= 1048576 "
+                              f"(1 MiB), got {v!r}")
+        return v
+
+    @property
+    def holiday_dates(self) -> frozenset[date]:
+        try:
+            return frozenset(date.fromisoformat(d) for d in self.holidays)
+        except ValueError as e:
+            raise ConfigError(f"holidays: {e}") from None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        try:
+            return host or "127.0.0.1", int(port)
+        except ValueError:
+            raise ConfigError(f"listen: expected HOST:PORT, got {self.listen!r}") from None
+
+    @property
+    def pretrade_host_port(self) -> tuple[str, int]:
+        host, _, port = str(self.pretrade_listen).rpartition(":")
+        try:
+            p = int(port)
+        except ValueError:
+            p = -1
+        if not 0 <= p <= 65535:
+            raise ConfigError(f"pretrade_listen: expected HOST:PORT, got {self.pretrade_listen!r}")
+        return host.strip("[]") or "127.0.0.1", p
+
+    def resolve_token(self) -> str:
+        """Token from the token file, else MARGIN_MONITOR_TOKEN, else a fresh random one."""
+        if self.token:
+            return self.token
+        if self.token_file:
+            try:
+                tok = Path(self.token_file).read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"token_file: cannot read it: {e.strerror}") from None
+            if len(tok) < 16:
+                raise ConfigError("token_file: the token must be at least 16 characters")
+            self.token = tok
+        else:
+            self.token = os.environ.get("MARGIN_MONITOR_TOKEN") or secrets.token_urlsafe(24)
+        return self.token
+
+    def ssl_context(self):
+        """The server-side TLS context of ``tls_cert`` / ``tls_key`` (PEM), or None without
+        them; TLS 1.2 or newer."""
+        if not self.tls_cert and not self.tls_key:
+            return None
+        if not (self.tls_cert and self.tls_key):
+            raise ConfigError("tls_cert and tls_key: give both (PEM files) or neither")
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except OSError as e:
+            raise ConfigError(f"tls_cert / tls_key: cannot read: {e.strerror or e}") from None
+        except ssl.SSLError as e:
+            raise ConfigError(f"tls_cert / tls_key: not a usable PEM certificate and key: "
+                              f"{e.reason or e}") from None
+        return ctx
+
+
+def load_config(path: str | None, overrides: dict) -> RunConfig:
+    cfg = RunConfig()
+    if path:
+        for key, v in read_toml(path, {f.name for f in fields(RunConfig)} - {"token"}).items():
+            setattr(cfg, key, v)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg

@@ -1,0 +1,639 @@
+"""The engine: ticks in, tier transitions out. Sans-I/O: no sockets, no clocks of its own, no
+logging on the tick path; asyncio tasks around it feed ticks and ship the events it returns.
+
+Per cycle: ticks accumulated since the last cycle are conflated per symbol (the last price is
+the state), then the cheaper exact path is taken: an incremental update over the holders of the
+changed symbols, or a full sweep when they hold a large share of all positions. Both are exact
+(integer money), so the choice changes cost, never results.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+import orjson
+
+from kernels import units as u
+from kernels.conflate import conflate, take_pending, triggers
+from kernels.incremental import apply_price_changes, holders_touched, retier_accounts
+from kernels.ratios import collect_changes, sweep_tiers
+from kernels.reach import (
+    N_CLASSES,
+    PINNED,
+    account_values,
+    price_classes,
+    rebase_all,
+    refresh_range,
+    scan_range,
+    scan_scratch,
+    update_deltas,
+)
+from kernels.totals import tier_totals
+from monitor.book.model import Holdings
+from monitor.core.account_events import AccountEventError, AccountEvents
+from monitor.core.calls import MarginCall, MarginCalls
+from monitor.core.credit import CreditConfig, CreditControls
+from monitor.core.envelope import EventStamps
+from monitor.core.patterns import PatternConfig, PatternWatch
+from monitor.core.state import MarginState, yuan
+
+# big cycles between re-measurements of the path not taken: doubles (up to _PROBE_MAX) while
+# the same path keeps winning, since switching into reach mode costs a re-base of every account
+_PROBE_EVERY = 256
+_PROBE_MAX = 16_384
+
+
+def _ewma(old: float | None, x: int) -> float:
+    return float(x) if old is None else 0.8 * old + 0.2 * x
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    hysteresis_bp: int = u.DEFAULT_HYSTERESIS_BP
+    # sweep when the changed symbols' holder rows exceed this share of all rows: an incremental
+    # row costs several times a sweep row (random access), see docs/capacity.md
+    sweep_share: float = 0.08
+    # reach mode (kernels/reach.py): per cycle, evaluate exactly only the accounts prices could
+    # have moved across a line, and refresh one chunk of `reach_chunk` accounts in rotation
+    # "off" (default) | "auto": the cheaper of reach and sweep cycles, measured | "always".
+    # Opt-in: with values lagging, per-account readers (margin-call cures, the desk) pay for
+    # exact values, which the path cost does not see; on the end-to-end tape "auto" made whole
+    # cycles 25% slower than sweeping (docs/capacity.md)
+    reach: str = "off"
+    reach_chunk: int = 16_384
+    # a reach cycle that had to evaluate more than this share of the book has the next big
+    # cycle measure a full sweep again
+    reach_resweep_share: float = 0.25
+    # credit controls (monitor/credit.py) walk one slice of the book per this interval, so a
+    # price-driven cap or line crossing is seen within (accounts / slice) intervals
+    credit_interval_ns: int = 50_000_000
+    call_days: int = 2  # margin-call deadline, trading days after the day of issue
+    holidays: frozenset[date] = field(default_factory=frozenset)
+    run_id: str = ""
+
+
+@dataclass(slots=True)
+class CycleStats:
+    ticks: int = 0
+    symbols: int = 0
+    path: str = "none"  # "incremental" | "sweep" | "reach" | "none"
+    touched: int = 0  # accounts evaluated exactly
+    events: int = 0
+    ns: int = 0
+
+
+class Engine:
+    """The sans-I/O core: ticks and account events in, events out (one thread, no I/O).
+
+    Built with its collaborators: `credit` configures the credit controls (always on; a book
+    without credit fields makes them no-ops), `patterns` the trading-pattern watch (off when
+    None)."""
+
+    def __init__(self, state: MarginState, config: EngineConfig | None = None, *,
+                 credit: CreditConfig | None = None, patterns: PatternConfig | None = None):
+        self.state = state
+        self.config = config or EngineConfig()
+        self.stamps = EventStamps(self.config.run_id or uuid.uuid4().hex[:12])
+        b = state.book
+        n, ns = b.n_accounts, b.n_securities
+        self.reported = np.full(n, u.UNSET_TIER, dtype=np.int8)
+        self.credit = CreditControls(state, self.stamps, self.reported, credit)
+        self.patterns = (PatternWatch(state, self.stamps, self.reported, patterns)
+                         if patterns is not None else None)
+        # per-cycle buffers, allocated once
+        self._candidate = np.empty(n, dtype=np.int8)
+        self._mark = np.zeros(n, dtype=np.uint8)
+        self._touched = np.empty(n, dtype=np.int64)
+        self._changed = np.empty(n, dtype=np.int64)
+        self._previous = np.empty(n, dtype=np.int8)
+        self._trigger = np.empty(n, dtype=np.int64)
+        self._pending_price = np.zeros(ns, dtype=np.int64)
+        self._pending_ts = np.zeros(ns, dtype=np.int64)
+        self._pending_flag = np.zeros(ns, dtype=np.uint8)
+        self._pending_list = np.empty(ns, dtype=np.int64)
+        self._n_pending = 0
+        self._pending_ticks = 0
+        self._secs = np.empty(ns, dtype=np.int64)
+        self._prices = np.empty(ns, dtype=np.int64)
+        self.old_price = state.price.copy()
+        self.last_ts = np.zeros(ns, dtype=np.int64)  # exchange time of each symbol's last price
+        self.tier_seq = np.zeros(n, dtype=np.int64)  # seq of the event announcing each tier
+        self.calls = MarginCalls(self.config.call_days, self.config.holidays)
+        self.account_events = AccountEvents(state) if b.pos_used is not None else None
+        self._one = np.empty(1, dtype=np.int64)
+        self.last_cycle = CycleStats()
+        self.cycles = 0
+        self.sweeps = 0
+        # reach mode: reference prices and largest relative move per chunk, reach per account
+        self.reach_mode = self.config.reach != "off" and n > 0
+        chunk = max(int(self.config.reach_chunk), 1)
+        self._chunk = chunk
+        self._n_chunks = -(-n // chunk) if n else 0
+        self._ref = np.empty((self._n_chunks, ns), dtype=np.int64)
+        self._delta = np.zeros((self._n_chunks, N_CLASSES), dtype=np.float64)
+        self._reach = np.zeros(n, dtype=np.float32)
+        self._share = np.full((n, N_CLASSES), 255, dtype=np.uint8)
+        self._class = price_classes(b.price)
+        self._cand, self._stage = scan_scratch(min(chunk, max(n, 1)))
+        self._next_refresh = 0
+        # reach bounds hold: every account not PINNED has reach/shares for its reported tier at
+        # its chunk's reference prices, and the chunk's deltas cover every move since. They
+        # depend on prices, tiers and positions only, so a sync of the market values keeps them
+        self._based = False
+        # measured cost (EWMA ns) of a reach cycle and of a full sweep; the cheaper one runs,
+        # the other is re-measured after _probe_in more big cycles
+        self._cost_reach: float | None = None
+        self._cost_sweep: float | None = None
+        self._probe_in = _PROBE_EVERY
+        self._probing = False
+        self._probed = False
+        self._credit_last_ns = 0
+
+    # ------------------------------------------------------------------ input
+    def add_ticks(self, sec: np.ndarray, price: np.ndarray, ts: np.ndarray) -> None:
+        """Queue validated ticks (dense security indices, money-unit prices, ns timestamps)."""
+        n = sec.shape[0]
+        if n:
+            self._n_pending = conflate(sec, price, ts, n, self._pending_price, self._pending_ts,
+                                       self._pending_flag, self._pending_list, self._n_pending)
+            self._pending_ticks += n
+
+    @property
+    def pending(self) -> int:
+        return self._n_pending
+
+    # ------------------------------------------------------------------ cycles
+    def start(self, now_ns: int) -> list[dict]:
+        """Sweep at the book's prices and announce every account already at WARNING or worse
+        once, with `previous_tier: null`, so the stream alone gives a consumer the picture."""
+        st = self.state
+        h = st.h
+        sweep_tiers(st.price, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr, h.short_sec,
+                    h.short_qty, h.base_assets, h.base_liabilities, st.book.profile_of,
+                    st.book.profile_lines, self.config.hysteresis_bp, st.long_mv, st.short_mv,
+                    self.reported, self._candidate)
+        self.reported[:] = self._candidate
+        st.stale = False
+        self._based = False
+        bad = np.flatnonzero(self.reported <= u.WARNING)
+        prev = np.full(bad.shape[0], u.UNSET_TIER, dtype=np.int8)
+        trig = np.full(bad.shape[0], -1, dtype=np.int64)
+        return self._events(bad, prev, trig, now_ns, now_ns)
+
+    def cycle(self, now_ns: int) -> list[dict]:
+        """Apply everything queued since the last cycle; return the events it causes."""
+        t0 = time.perf_counter_ns()
+        st, h, b = self.state, self.state.h, self.state.book
+        stats = CycleStats(ticks=self._pending_ticks)
+        k = take_pending(self._pending_list, self._n_pending, self._pending_price,
+                         self._pending_flag, st.price, self.old_price, self._secs, self._prices)
+        self._n_pending = 0
+        self._pending_ticks = 0
+        stats.symbols = k
+        n_changed = 0
+        if k:
+            secs, prices = self._secs[:k], self._prices[:k]
+            self.last_ts[secs] = self._pending_ts[secs]
+            rows = holders_touched(secs, k, h.long_hptr, h.short_hptr)
+            big = rows > self.config.sweep_share * max(h.n_rows, 1)
+            t_path = time.perf_counter_ns()
+            if (big or st.stale or self.config.reach == "always") and self._choose_reach():
+                stats.path = "reach"
+                if not self._based:
+                    self._rebase_all()  # at the prices before this cycle's ticks
+                st.price[secs] = prices
+                n_changed, stats.touched = self._reach_cycle(secs, k)
+                self._cost_reach = _ewma(self._cost_reach, time.perf_counter_ns() - t_path)
+            elif big or st.stale:
+                stats.path = "sweep"
+                self.sweeps += 1
+                st.price[secs] = prices
+                stats.touched = b.n_accounts
+                sweep_tiers(st.price, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr,
+                            h.short_sec, h.short_qty, h.base_assets, h.base_liabilities,
+                            b.profile_of, b.profile_lines, self.config.hysteresis_bp,
+                            st.long_mv, st.short_mv, self.reported, self._candidate)
+                n_changed = collect_changes(self._candidate, self.reported, self._previous,
+                                            self._changed)
+                st.stale = False
+                self._based = False
+                self._cost_sweep = _ewma(self._cost_sweep, time.perf_counter_ns() - t_path)
+            else:
+                stats.path = "incremental"
+                n_t = apply_price_changes(secs, prices, k, st.price, h.long_hptr, h.long_hacct,
+                                          h.long_hqty, h.short_hptr, h.short_hacct,
+                                          h.short_hqty, st.long_mv, st.short_mv, self._mark,
+                                          self._touched)
+                stats.touched = n_t
+                n_changed = retier_accounts(self._touched, n_t, h.base_assets,
+                                            h.base_liabilities, st.long_mv, st.short_mv,
+                                            b.profile_of, b.profile_lines,
+                                            self.config.hysteresis_bp, self.reported,
+                                            self._previous, self._changed)
+                if self._based:  # keep the reach bounds true: the moves, the new tiers
+                    update_deltas(secs, k, st.price, self._class, self._ref, self._delta)
+                    self._reach[self._changed[:n_changed]] = PINNED
+        events = []
+        if n_changed:
+            if stats.path == "incremental":  # report in account order, as a sweep does
+                order = np.argsort(self._changed[:n_changed], kind="stable")
+                self._changed[:n_changed] = self._changed[:n_changed][order]
+                self._previous[:n_changed] = self._previous[:n_changed][order]
+            changed = self._changed[:n_changed]
+            triggers(changed, n_changed, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr,
+                     h.short_sec, h.short_qty, st.price, self.old_price, self._trigger)
+            trig = self._trigger[:n_changed]
+            ts_event = np.where(trig >= 0, self._pending_ts[np.maximum(trig, 0)], now_ns)
+            events = self._events(changed.copy(), self._previous[:n_changed].copy(),
+                                  trig.copy(), ts_event, now_ns)
+        if k:
+            self.old_price[self._secs[:k]] = st.price[self._secs[:k]]
+        events.extend(self._call_lifecycle(now_ns))
+        if now_ns - self._credit_last_ns >= self.config.credit_interval_ns:
+            self._credit_last_ns = now_ns  # price-driven credit crossings: one slice at a time
+            events.extend(self.credit_slice(now_ns))
+        stats.events = len(events)
+        stats.ns = time.perf_counter_ns() - t0
+        self.last_cycle = stats
+        self.cycles += 1
+        return events
+
+    def apply_account_event(self, ev: dict, now_ns: int) -> list[dict]:
+        """Apply one account event (a fill, a deposit, ...) and re-tier the accounts it moved.
+        Raises AccountEventError, leaving the book unchanged, when the event is invalid."""
+        if self.account_events is None:
+            raise AccountEventError("read_only", "this engine's book is read-only "
+                                    "(build its MarginState with live=True)")
+        accounts = self.account_events.apply(ev)
+        if not accounts:
+            return []
+        if self._based:
+            if len(accounts) > self._chunk:  # e.g. interest accrued on the whole book
+                self.state.stale = True
+                self.state.sync()  # one sweep: every value exact, references dropped
+            else:
+                self._pin(accounts)
+        events = self._account_event_transitions(ev, accounts, now_ns)
+        if self.patterns is not None:
+            events.extend(self.patterns.observe(ev, now_ns))
+        events.extend(self._call_lifecycle(now_ns))  # a deposit may cure a call at once
+        events.extend(self.credit.check(accounts, now_ns))  # caps, lines (monitor/credit.py)
+        return events
+
+    @property
+    def run_id(self) -> str:
+        return self.stamps.run_id
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last event this run published (dense, gap-free)."""
+        return self.stamps.seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self.stamps.seq = int(value)
+
+    def credit_slice(self, now_ns: int) -> list[dict]:
+        """Credit controls of the next slice of accounts (bounded cost); `cycle` calls it once
+        per `credit_interval_ns`."""
+        return self.credit.check_slice(now_ns)
+
+    def _account_event_transitions(self, ev, accounts, now_ns) -> list[dict]:
+        st, h, b = self.state, self.state.h, self.state.book
+        idx = np.asarray(accounts, dtype=np.int64)
+        n = retier_accounts(idx, idx.shape[0], h.base_assets, h.base_liabilities, st.long_mv,
+                            st.short_mv, b.profile_of, b.profile_lines,
+                            self.config.hysteresis_bp, self.reported, self._previous,
+                            self._changed)
+        if n == 0:
+            return []
+        ts = ev.get("ts")
+        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else now_ns
+        events = self._events(self._changed[:n].copy(), self._previous[:n].copy(),
+                              np.full(n, -1, dtype=np.int64), ts, now_ns)
+        trigger = {"event": ev["type"], "event_id": ev.get("event_id")}
+        for e in events:
+            if e["kind"] == "TIER_CHANGE":
+                e["trigger"] = trigger
+        return events
+
+    # ------------------------------------------------------------------ reach mode
+    def _reach_cycle(self, secs: np.ndarray, k: int) -> tuple[int, int]:
+        """Prices are already moved. Refresh one chunk (exact values at the new prices become
+        its reference), scan the others for accounts within reach of a line; report in
+        account order. Returns (changes, accounts evaluated)."""
+        st, h, b = self.state, self.state.h, self.state.book
+        st.stale = True
+        update_deltas(secs, k, st.price, self._class, self._ref, self._delta)
+        n = b.n_accounts
+        band = self.config.hysteresis_bp
+        refresh = self._next_refresh
+        self._next_refresh = (refresh + 1) % self._n_chunks
+        m = checked = 0
+        for c in range(self._n_chunks):
+            lo, hi = c * self._chunk, min((c + 1) * self._chunk, n)
+            if c == refresh:
+                m = refresh_range(lo, hi, st.price, self._class, h.long_ptr, h.long_sec,
+                                  h.long_qty, h.short_ptr, h.short_sec, h.short_qty,
+                                  h.base_assets, h.base_liabilities, b.profile_of,
+                                  b.profile_lines, band, st.long_mv, st.short_mv,
+                                  self.reported, self._reach, self._share, self._previous,
+                                  self._changed, m)
+                self._ref[c] = st.price
+                self._delta[c] = 0.0
+                checked += hi - lo
+            else:
+                m, cc = scan_range(lo, hi, self._delta[c], self._reach, self._share,
+                                   st.price, h.long_ptr,
+                                   h.long_sec, h.long_qty, h.short_ptr, h.short_sec,
+                                   h.short_qty, h.base_assets, h.base_liabilities,
+                                   b.profile_of, b.profile_lines, band, self.reported,
+                                   self._previous, self._changed, m, self._cand,
+                                   self._stage)
+                checked += cc
+        if checked > self.config.reach_resweep_share * n:
+            self._cost_sweep = None  # most of the book was in reach: measure a sweep next
+        return m, checked
+
+    def _choose_reach(self) -> bool:
+        if not self.reach_mode:
+            return False
+        if self.config.reach == "always":
+            return True
+        if self._cost_reach is None:
+            return True
+        if self._cost_sweep is None:
+            return False
+        best = self._cost_reach <= self._cost_sweep
+        if self._probing:  # the probe was measured last cycle: did it change the winner?
+            self._probing = False
+            self._probe_in = (_PROBE_EVERY if best == self._probed else
+                              min(2 * self._probe_in, _PROBE_MAX))
+        self._probe_in -= 1
+        if self._probe_in <= 0:  # re-measure the path not taken
+            self._probing, self._probed = True, not best
+            return not best
+        return best
+
+    def _rebase_all(self) -> None:
+        """Every account's market values are exact at the current prices (a full sweep just
+        ran): make those prices every chunk's reference and recompute every reach."""
+        st, h, b = self.state, self.state.h, self.state.book
+        self._ref[:] = st.price
+        self._delta[:] = 0.0
+        rebase_all(self._n_chunks, self._chunk, st.price, self._class, h.long_ptr, h.long_sec,
+                   h.long_qty, h.short_ptr, h.short_sec, h.short_qty, h.base_assets,
+                   h.base_liabilities, b.profile_of, b.profile_lines, self.config.hysteresis_bp,
+                   self.reported, self._reach, self._share)
+        self._based = True
+
+    def _pin(self, accounts) -> None:
+        """An account event changed these accounts' positions or base amounts: their values
+        become exact at the current prices, off their chunk's reference, so they are evaluated
+        every cycle until their chunk's next refresh."""
+        st, h = self.state, self.state.h
+        idx = np.asarray(accounts, dtype=np.int64)
+        lmv = np.empty(idx.shape[0], dtype=np.int64)
+        smv = np.empty(idx.shape[0], dtype=np.int64)
+        account_values(idx, st.price, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr,
+                       h.short_sec, h.short_qty, lmv, smv)
+        st.long_mv[idx] = lmv
+        st.short_mv[idx] = smv
+        self._reach[idx] = PINNED
+
+    # ------------------------------------------------------------------ events
+    def _events(self, accounts, previous, trig, ts_event, now_ns) -> list[dict]:
+        if accounts.shape[0] == 0:
+            return []
+        st = self.state
+        figs = st.figures_many(accounts)
+        ts_ev = np.broadcast_to(np.asarray(ts_event, dtype=np.int64), accounts.shape)
+        out = []
+        for a, prev, s, ts, f in zip(accounts.tolist(), previous.tolist(), trig.tolist(),
+                                     ts_ev.tolist(), figs, strict=True):
+            tier = int(self.reported[a])
+            ev = self.envelope("TIER_CHANGE", ts, now_ns)
+            self.tier_seq[a] = self.seq
+            ev.update(f)
+            ev["tier"] = u.TIER_NAMES[tier]  # the reported (hysteresis) tier
+            ev["previous_tier"] = None if prev == u.UNSET_TIER else u.TIER_NAMES[prev]
+            ev["profile"] = st.book.profile_names[st.book.profile_of[a]]
+            ev["trigger"] = (None if s < 0 else
+                             {"symbol": st.book.symbols[s], "price": yuan(int(st.price[s]))})
+            if tier == u.FORCED_LIQUIDATION:
+                ev["plan"] = self.plan(a, now_ns)
+            out.append(ev)
+            if tier == u.MARGIN_CALL and (prev == u.UNSET_TIER or prev > u.MARGIN_CALL):
+                # the engine's clock (not the tick's exchange time) runs deadlines, so a
+                # replay of old ticks does not open calls that are already expired
+                call = self.calls.open(a, now_ns, f)
+                if call is not None:
+                    out.append(self._call_event("CALL_ISSUED", a, call, ts, now_ns, f))
+        return out
+
+    def envelope(self, kind: str, ts_event: int, now_ns: int) -> dict:
+        """A new event's envelope (next seq of this run)."""
+        return self.stamps.envelope(kind, ts_event, now_ns)
+
+    def _call_event(self, kind, a, call, ts, now_ns, figures=None) -> dict:
+        ev = self.envelope(kind, ts, now_ns)
+        ev.update(figures or self.state.figures(a))
+        ev["tier"] = u.TIER_NAMES[int(self.reported[a])]
+        ev["previous_tier"] = ev["tier"]
+        ev["profile"] = self.state.book.profile_names[self.state.book.profile_of[a]]
+        ev["call"] = call.as_dict()
+        return ev
+
+    def _call_lifecycle(self, now_ns: int) -> list[dict]:
+        """Cure open calls whose account is back at the target; expire those past deadline."""
+        calls = self.calls
+        if calls.accounts.shape[0] == 0:
+            return []
+        st, b = self.state, self.state.book
+        accts = calls.accounts
+        A, L = st.values(accts)
+        T = b.profile_lines[b.profile_of[accts], u.LINE_TARGET]
+        cured = (L <= 0) | (A * u.RATIO_SCALE >= T * L)
+        due = np.flatnonzero(cured | (calls.deadlines <= now_ns))
+        out = []
+        for a, ok in zip(accts[due].tolist(), cured[due].tolist(), strict=True):
+            if ok:
+                call = calls.close(a, "CURED", now_ns)
+                out.append(self._call_event("CALL_CURED", a, call, now_ns, now_ns))
+            else:
+                call = calls.close(a, "EXPIRED", now_ns)
+                ev = self._call_event("CALL_EXPIRED", a, call, now_ns, now_ns)
+                ev["plan"] = self.plan(a, now_ns)
+                out.append(ev)
+        return out
+
+    def plan(self, a: int, now_ns: int) -> dict:
+        """The lot-rounded liquidation plan of account `a` at the current prices; events into
+        FORCED_LIQUIDATION and CALL_EXPIRED carry it, so a liquidation hook acts on the prices
+        that triggered it (`priced_ns` tells a consumer how old they are)."""
+        orders, ratio_after, residual = self.state.plan(a)
+        return {"orders": orders, "ratio_after": ratio_after, "residual": residual,
+                "priced_ns": int(now_ns)}
+
+    # ------------------------------------------------------------------ views
+    def open_breaches(self, now_ns: int) -> list[dict]:
+        """Current state of every account at WARNING or worse, as events without a seq (the
+        snapshot a websocket client gets on connect)."""
+        st = self.state
+        bad = np.flatnonzero(self.reported <= u.WARNING)
+        out = []
+        for a, f in zip(bad.tolist(), st.figures_many(bad), strict=True):
+            f = dict(f)
+            f["kind"] = "SNAPSHOT"
+            f["tier"] = u.TIER_NAMES[int(self.reported[a])]
+            f["ts_published"] = now_ns
+            call = self.calls.get(a)
+            if call is not None:
+                f["call"] = call.as_dict()
+            out.append(f)
+        return out
+
+    def summary(self, now_ns: int) -> dict:
+        st = self.state
+        counts = np.empty(len(u.TIER_NAMES), dtype=np.int64)
+        debt = np.empty(len(u.TIER_NAMES), dtype=np.float64)
+        tier_totals(self.reported, st.liabilities(), counts, debt)  # one pass (kernels/totals)
+        c = self.last_cycle
+        return {
+            "kind": "SUMMARY",
+            "ts": now_ns,
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "accounts": st.book.n_accounts,
+            "tiers": {name: int(counts[i]) for i, name in enumerate(u.TIER_NAMES)},
+            "debt": {name: round(float(debt[i]) / u.MONEY_SCALE, 2)
+                     for i, name in enumerate(u.TIER_NAMES)},
+            "open_calls": int(self.calls.accounts.shape[0]),
+            "cycles": self.cycles,
+            "sweeps": self.sweeps,
+            "last_cycle": {"ticks": c.ticks, "symbols": c.symbols, "path": c.path,
+                           "touched": c.touched, "events": c.events, "ms": c.ns / 1e6},
+        }
+
+    # ------------------------------------------------------------------ snapshot / restore
+    def export_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Copies of everything ticks and account events have changed since the book was
+        loaded, as (meta, arrays). Take it between cycles, with nothing pending; the runtime
+        writes it with monitor/snapshot.py."""
+        st, b, ae = self.state, self.state.book, self.account_events
+        arrays = {"book_" + k: np.array(getattr(b, k), copy=True) for k in LIVE_BOOK
+                  if getattr(b, k) is not None}
+        arrays.update(price=st.price.copy(), reported=self.reported.copy(),
+                      last_ts=self.last_ts.copy(), tier_seq=self.tier_seq.copy())
+        calls = self.calls.all_open()
+        arrays["call_account"] = np.array([c.account for c in calls], dtype=np.int64)
+        arrays["call_issued_ns"] = np.array([c.issued_ns for c in calls], dtype=np.int64)
+        arrays["call_deadline_ns"] = np.array([c.deadline_ns for c in calls], dtype=np.int64)
+        arrays["call_deadline_day"] = np.array([c.deadline.toordinal() for c in calls],
+                                               dtype=np.int64)
+        arrays["call_deposit"] = np.array([c.deposit for c in calls], dtype=np.float64)
+        seen = ae.seen_ids() if ae is not None else []
+        arrays["seen_ids"] = np.frombuffer(orjson.dumps(seen), dtype=np.uint8).copy()
+        meta = {"run_id": self.run_id, "seq": self.seq, "cycles": self.cycles,
+                "events_applied": ae.applied if ae is not None else 0}
+        return meta, arrays
+
+    def restore_state(self, meta: dict, arrays: dict, now_ns: int, *, seq: int | None = None,
+                      run_id: str | None = None,
+                      published: dict[int, int] | None = None) -> list[dict]:
+        """Instead of `start`: put back what `export_state` saved (on an engine built from the
+        same book) and re-announce, once, every account at WARNING or worse and every account
+        whose last tier published after the snapshot (`published`: account -> tier) is not
+        its restored tier: `restored: true`, `previous_tier` = the tier last published for it
+        (else its restored tier), `restored_event_id` = the event that announced the restored
+        tier. ValueError, before any change, when the arrays do not fit."""
+        st, b = self.state, self.state.book
+        _check_restore(b, arrays)
+        for k in ("cash", "accrued", "other_debt", "other_collateral", "profile_of", "haircut",
+                  "suspended"):
+            getattr(b, k)[:] = arrays["book_" + k]
+        for k in ("pos_ptr", "pos_sec", "pos_kind", "pos_qty", "pos_cost", "pos_margin_ratio",
+                  "pos_used"):  # sizes differ when the live book was rebuilt
+            setattr(b, k, np.ascontiguousarray(arrays["book_" + k], dtype=getattr(b, k).dtype))
+        st.h = Holdings.from_book(b, slack=True)
+        self._based = False  # reach bounds are re-based on the next reach cycle
+        st.price[:] = arrays["price"]
+        self.old_price[:] = st.price
+        self.last_ts[:] = arrays["last_ts"]
+        self.reported[:] = arrays["reported"]
+        self.tier_seq[:] = arrays["tier_seq"]
+        self._n_pending = 0
+        self._pending_ticks = 0
+        st.sweep()  # exact market values at the restored prices
+        self.calls.restore([
+            MarginCall(int(a), int(i), date.fromordinal(int(d)), int(dn), float(x))
+            for a, i, dn, d, x in zip(arrays["call_account"], arrays["call_issued_ns"],
+                                      arrays["call_deadline_ns"], arrays["call_deadline_day"],
+                                      arrays["call_deposit"], strict=True)])
+        if self.account_events is not None:
+            self.account_events.restore(orjson.loads(arrays["seen_ids"].tobytes()),
+                                        int(meta.get("events_applied", 0)))
+        old_run = meta["run_id"]
+        self.stamps.run_id = run_id or old_run
+        self.seq = int(meta["seq"] if seq is None else seq)
+        published = published or {}
+        moved = [a for a, t in published.items() if t != self.reported[a]]
+        bad = np.union1d(np.flatnonzero(self.reported <= u.WARNING),
+                         np.array(moved, dtype=np.int64)).astype(np.int64)
+        prev = self.reported[bad].copy()
+        for i, a in enumerate(bad.tolist()):
+            prev[i] = published.get(a, prev[i])
+        origin = self.tier_seq[bad].tolist()
+        events = self._events(bad, prev, np.full(bad.shape[0], -1, dtype=np.int64), now_ns,
+                              now_ns)
+        ids = self.state.book.account_ids
+        origin_of = {ids[a]: (a, s) for a, s in zip(bad.tolist(), origin, strict=True)}
+        for e in events:
+            if e["kind"] != "TIER_CHANGE":
+                continue  # a call opened now (a tier published after the snapshot was better)
+            a, s = origin_of[e["account_id"]]
+            e["restored"] = True
+            e["restored_event_id"] = f"{old_run}-{s}" if s > 0 else None
+            call = self.calls.get(a)  # the whole picture: the open call, or none
+            e["call"] = call.as_dict() if call is not None else None
+        return events
+
+
+# what account events change in a live book (monitor/account_events.py, monitor/ledger.py)
+LIVE_BOOK = ("cash", "accrued", "other_debt", "other_collateral", "profile_of", "haircut",
+             "suspended", "pos_ptr", "pos_sec", "pos_kind", "pos_qty", "pos_cost",
+             "pos_margin_ratio", "pos_used")
+
+
+def _check_restore(b, arrays: dict) -> None:
+    """Shapes and index ranges of restored arrays against the book (a checksum already
+    caught corruption; this catches a snapshot of another book or a bug)."""
+    n, ns = b.n_accounts, b.n_securities
+    want = {"price": ns, "last_ts": ns, "reported": n, "tier_seq": n, "book_haircut": ns,
+            "book_suspended": ns, "book_pos_ptr": n + 1, "book_pos_used": n}
+    want.update({"book_" + k: n for k in ("cash", "accrued", "other_debt", "other_collateral",
+                                          "profile_of")})
+    for k in ("call_account", "call_issued_ns", "call_deadline_ns", "call_deadline_day",
+              "call_deposit", "seen_ids"):
+        if k not in arrays or arrays[k].ndim != 1:
+            raise ValueError(f"snapshot array {k!r} is missing")
+    for k, size in want.items():
+        if k not in arrays or arrays[k].shape != (size,):
+            raise ValueError(f"snapshot array {k!r} is missing or has the wrong shape for "
+                             f"this book ({n} accounts, {ns} securities)")
+    ptr = arrays["book_pos_ptr"]
+    m = int(ptr[-1])
+    for k in ("pos_sec", "pos_kind", "pos_qty", "pos_cost", "pos_margin_ratio"):
+        if arrays["book_" + k].shape != (m,):
+            raise ValueError(f"snapshot array 'book_{k}' does not match book_pos_ptr")
+    if m and (arrays["book_pos_sec"].min() < 0 or arrays["book_pos_sec"].max() >= ns):
+        raise ValueError("snapshot positions name securities this book does not have")
+    pf = arrays["book_profile_of"]
+    if n and (pf.min() < 0 or pf.max() >= b.profile_lines.shape[0]):
+        raise ValueError("snapshot accounts name line profiles this book does not have")
+    if (arrays["price"] <= 0).any() or np.any(np.diff(ptr) < arrays["book_pos_used"]):
+        raise ValueError("snapshot prices or position rows are inconsistent")

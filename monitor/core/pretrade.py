@@ -1,0 +1,437 @@
+"""Pre-trade check (docs/credit-controls.md): may this account do this now?
+
+    check(state, account_id, action) -> Decision(allowed, reasons=[...], figures={...})
+
+Decided from the live state at the current prices, exactly (integer money, basis points; the
+available margin balance in money·bp), listing every reason that refuses the action, each with
+a code and its numbers. Actions: `financed_buy`, `short_sale`, `collateral_buy`,
+`collateral_sell`, `cash_withdrawal`, `collateral_transfer_out`.
+
+`PretradeService` answers `POST /api/pretrade` on the monitor (monitor/server.py): JSON in,
+JSON out, on the event loop that owns the engine, so a check never sees a half-applied cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+import numpy as np
+import orjson
+
+from kernels import units as u
+from kernels.ratios import tier_of
+from monitor.book.credit_terms import CreditTerms, terms_of
+from monitor.core.credit import halt_flags
+from monitor.core.state import MarginState, yuan
+from monitor.errors import PretradeError
+
+log = logging.getLogger("monitor.core.pretrade")
+
+ACTIONS = ("financed_buy", "short_sale", "collateral_buy", "collateral_sell", "cash_withdrawal",
+           "collateral_transfer_out")
+NEW_DEBT = ("financed_buy", "short_sale")
+TRADES = ("financed_buy", "short_sale", "collateral_buy", "collateral_sell")
+# actions that add exposure or take assets out: checked for concentration after the trade
+CONCENTRATING = ("financed_buy", "short_sale", "collateral_buy", "cash_withdrawal",
+                 "collateral_transfer_out")
+DEFAULT_MARGIN_BP = 10_000  # contract margin ratio when neither the action nor a position says
+MAX_BODY = 16 * 1024
+S = u.RATIO_SCALE
+
+
+@dataclass(slots=True)
+class Decision:
+    allowed: bool
+    reasons: list[dict] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"allowed": self.allowed, "reasons": self.reasons, "figures": self.figures}
+
+
+@dataclass(slots=True)
+class Action:
+    type: str
+    sec: int = -1
+    qty: int = 0
+    price: int = 0  # trade price, money units per share (default: the current price)
+    amount: int = 0  # cash withdrawal
+    fee: int = 0
+    margin_bp: int | None = None
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _decimal(v, key, digits) -> Decimal:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise PretradeError("bad_value", f"{key!r} must be a number or a decimal string")
+    try:
+        d = Decimal(v if isinstance(v, str) else repr(v))
+    except InvalidOperation:
+        raise PretradeError("bad_value", f"{key!r}: {v!r} is not a number") from None
+    if not d.is_finite() or d != d.quantize(Decimal(1).scaleb(-digits)):
+        raise PretradeError("bad_value", f"{key!r}: a finite number with at most {digits} "
+                            "decimal places")
+    return d
+
+
+def _money(doc, key, *, positive=True) -> int:
+    d = _decimal(doc[key], key, 3)
+    if d < 0 or (positive and d == 0):
+        raise PretradeError("bad_value", f"{key!r} must be {'> 0' if positive else '>= 0'}")
+    v = int(d.scaleb(3))
+    if v > u.MAX_ACCOUNT_MONEY:
+        raise PretradeError("bad_value", f"{key!r} is out of range")
+    return v
+
+
+def parse_action(state: MarginState, action: dict) -> Action:
+    """Validate an action object; raises PretradeError saying what is wrong."""
+    if not isinstance(action, dict):
+        raise PretradeError("malformed", "the action must be a JSON object")
+    kind = action.get("type")
+    if kind not in ACTIONS:
+        raise PretradeError("unknown_action", f"type must be one of {', '.join(ACTIONS)}")
+    act = Action(kind)
+    if kind == "cash_withdrawal":
+        if "amount" not in action:
+            raise PretradeError("missing_field", "'amount' is required")
+        act.amount = _money(action, "amount")
+        return act
+    sym = action.get("symbol")
+    s = state.book.symbol_index.get(sym) if isinstance(sym, str) else None
+    if s is None:
+        raise PretradeError("unknown_symbol", f"unknown symbol {sym!r}", 404)
+    act.sec = s
+    qty = action.get("qty")
+    if isinstance(qty, bool) or not isinstance(qty, int) or not 0 < qty <= 10**12:
+        raise PretradeError("bad_value", "'qty' must be a positive whole number of shares")
+    act.qty = qty
+    act.price = _money(action, "price") if action.get("price") is not None \
+        else int(state.price[s])
+    if qty * act.price > u.MAX_ACCOUNT_MONEY:
+        raise PretradeError("bad_value", "qty × price is out of range")
+    if action.get("fee") is not None:
+        act.fee = _money(action, "fee", positive=False)
+    if action.get("margin_ratio") is not None:
+        d = _decimal(action["margin_ratio"], "margin_ratio", 4)
+        if not 0 < d <= 10:
+            raise PretradeError("bad_value", "'margin_ratio' must be in (0, 10]")
+        act.margin_bp = int(d * S)
+    return act
+
+
+# ---------------------------------------------------------------- the account, as integers
+
+
+@dataclass(slots=True)
+class _Account:
+    cash: int
+    other_collateral: int
+    accrued: int
+    other_debt: int
+    rows: list  # (sec, kind, qty, cost, margin_bp)
+
+    def amounts(self, price) -> tuple[int, int, dict[int, int]]:
+        """(assets, liabilities, long market value per security)."""
+        longs: dict[int, int] = {}
+        principal = smv = 0
+        for s, k, q, c, _ in self.rows:
+            mv = q * int(price[s])
+            if k == u.SHORT:
+                smv += mv
+            else:
+                longs[s] = longs.get(s, 0) + mv
+                if k == u.FINANCED:
+                    principal += c
+        A = max(self.cash, 0) + self.other_collateral + sum(longs.values())
+        L = principal + self.accrued + max(-self.cash, 0) + self.other_debt + smv
+        return A, L, longs
+
+    def amb4(self, price, haircut_bp) -> int:
+        """Available margin balance (margin-rules.md §3) in money·bp, exact."""
+        amb = (self.cash + self.other_collateral - self.accrued - self.other_debt) * S
+        for s, k, q, c, m in self.rows:
+            mv = q * int(price[s])
+            hc = haircut_bp(s)
+            if k == u.COLLATERAL:
+                amb += mv * hc
+            elif k == u.FINANCED:
+                g = mv - c
+                amb += g * hc if g > 0 else g * S
+                amb -= c * m
+            else:
+                g = c - mv
+                amb += g * hc if g > 0 else g * S
+                amb -= c * S + mv * m
+        return amb
+
+    def row(self, s, kind) -> int:
+        for i, r in enumerate(self.rows):
+            if r[0] == s and r[1] == kind:
+                return i
+        return -1
+
+    def held(self, s, kind) -> int:
+        return sum(r[2] for r in self.rows if r[0] == s and r[1] == kind)
+
+
+def _account(state: MarginState, a: int) -> _Account:
+    b = state.book
+    lo = int(b.pos_ptr[a])
+    hi = lo + int(b.pos_used[a]) if b.pos_used is not None else int(b.pos_ptr[a + 1])
+    rows = [(s, k, q, c, int(round(m * S))) for s, k, q, c, m in zip(
+        b.pos_sec[lo:hi].tolist(), b.pos_kind[lo:hi].tolist(), b.pos_qty[lo:hi].tolist(),
+        b.pos_cost[lo:hi].tolist(), b.pos_margin_ratio[lo:hi].tolist(), strict=True) if q > 0]
+    return _Account(int(b.cash[a]), int(b.other_collateral[a]), int(b.accrued[a]),
+                    int(b.other_debt[a]), rows)
+
+
+# ---------------------------------------------------------------- concentration
+
+
+def _caps(t: CreditTerms, p: int, A: int, L: int) -> tuple[int, int, int]:
+    if L <= 0:
+        return -1, -1, -1
+    for k in range(int(t.n_bands[p])):
+        if A * S < int(t.band_below[p, k]) * L:
+            return int(t.band_single[p, k]), int(t.band_group[p, k]), int(t.band_board[p, k])
+    return -1, -1, -1
+
+
+def concentration(state: MarginState, t: CreditTerms, p: int, A: int, L: int,
+                  longs: dict[int, int]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Every capped item of an account: (type, name) -> (market value, cap bp)."""
+    cs, cg, cb = _caps(t, p, A, L)
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    if A <= 0 or (cs < 0 and cg < 0 and cb < 0):
+        return out
+    b = state.book
+    groups: dict[int, int] = {}
+    boards: dict[int, int] = {}
+    for s, mv in longs.items():
+        if mv <= 0:
+            continue
+        if cs >= 0:
+            out[("security", b.symbols[s])] = (mv, cs)
+        g = int(t.group_of[s])
+        if g >= 0:
+            groups[g] = groups.get(g, 0) + mv
+        bd = int(b.board[s])
+        boards[bd] = boards.get(bd, 0) + mv
+    if cg >= 0:
+        for g, mv in groups.items():
+            out[("group", t.group_names[g])] = (mv, cg)
+    if cb >= 0:
+        for bd, mv in boards.items():
+            out[("board", u.BOARD_NAMES[bd])] = (mv, cb)
+    return out
+
+
+# ---------------------------------------------------------------- the check
+
+
+def check(state: MarginState, account_id: str, action: dict | Action,
+          controls=None) -> Decision:
+    """Allowed or refused, with every reason. `controls` (monitor/credit.py CreditControls)
+    supplies the live financing-halt state; without it the halt is judged from the book alone
+    (halted at or above the halt share, no memory of an earlier halt)."""
+    b = state.book
+    a = b.account_index.get(account_id) if isinstance(account_id, str) else None
+    if a is None:
+        raise PretradeError("unknown_account", f"unknown account {account_id!r}", 404)
+    act = action if isinstance(action, Action) else parse_action(state, action)
+    t = terms_of(b)
+    acct = _account(state, a)
+    price = state.price
+    p = int(b.profile_of[a])
+    lines = b.profile_lines[p]
+    A, L, longs = acct.amounts(price)
+    reasons: list[dict] = []
+    s, kind = act.sec, act.type
+    sym = b.symbols[s] if s >= 0 else None
+    V = act.qty * act.price
+    figures = {"ratio": _ratio(A, L), "tier": u.TIER_NAMES[int(tier_of(A, L, lines, 0))]}
+
+    def hc_bp(x):
+        return int(round(float(b.haircut[x]) * S))
+
+    # --- eligibility, suspension, what the account holds
+    if kind in TRADES and bool(b.suspended[s]):
+        reasons.append({"code": "SUSPENDED", "symbol": sym})
+    if kind == "financed_buy" and not t.financing_eligible[s]:
+        reasons.append({"code": "NOT_ELIGIBLE", "list": "financing", "symbol": sym})
+    if kind == "short_sale" and not t.short_eligible[s]:
+        reasons.append({"code": "NOT_ELIGIBLE", "list": "short", "symbol": sym})
+    if kind in ("financed_buy", "collateral_buy") and hc_bp(s) == 0:
+        reasons.append({"code": "NOT_ELIGIBLE", "list": "collateral", "symbol": sym,
+                        "haircut": 0.0})
+    if kind in ("collateral_sell", "collateral_transfer_out"):
+        held = acct.held(s, u.COLLATERAL)
+        if held < act.qty:
+            reasons.append({"code": "INSUFFICIENT_POSITION", "symbol": sym, "held": held,
+                            "qty": act.qty})
+    if kind == "collateral_buy" and acct.cash < V + act.fee:
+        reasons.append({"code": "INSUFFICIENT_CASH", "cash": yuan(acct.cash),
+                        "required": yuan(V + act.fee)})
+    if kind == "cash_withdrawal" and acct.cash < act.amount:
+        reasons.append({"code": "INSUFFICIENT_CASH", "cash": yuan(acct.cash),
+                        "required": yuan(act.amount)})
+
+    # --- new debt: tier, halt, margin, line
+    if kind in NEW_DEBT:
+        tier = int(tier_of(A, L, lines, 0))
+        block = int(t.block_new_debt_at[p])
+        if block >= 0 and tier <= block:
+            reasons.append({"code": "NEW_DEBT_BLOCKED", "tier": u.TIER_NAMES[tier],
+                            "blocked_at": u.TIER_NAMES[block], "ratio": _ratio(A, L)})
+        k_new = u.FINANCED if kind == "financed_buy" else u.SHORT
+        if act.margin_bp is not None:
+            m = act.margin_bp
+        else:
+            i = acct.row(s, k_new)
+            m = acct.rows[i][4] if i >= 0 and acct.rows[i][4] > 0 else DEFAULT_MARGIN_BP
+        amb4 = acct.amb4(price, hc_bp)
+        need4 = V * m
+        figures.update({"available_margin_balance": yuan(amb4 / S),
+                        "margin_required": yuan(need4 / S), "margin_ratio": m / S})
+        if amb4 < need4:
+            reasons.append({"code": "INSUFFICIENT_MARGIN",
+                            "available_margin_balance": figures["available_margin_balance"],
+                            "required": figures["margin_required"], "margin_ratio": m / S})
+        if kind == "financed_buy":
+            halted = _halted(state, t, s, controls)
+            if halted is not None:
+                reasons.append({"code": "FINANCING_HALTED", "symbol": sym, **halted})
+        w = 0 if kind == "financed_buy" else 1
+        limit = int((t.financing_line if w == 0 else t.short_line)[a])
+        used = sum(r[3] for r in acct.rows if r[1] == k_new)
+        after = used + V + (act.fee if w == 0 else 0)
+        if limit >= 0:
+            figures["line"] = {"line": ("financing", "short")[w], "limit": yuan(limit),
+                               "used": yuan(used), "after": yuan(after)}
+            if after > limit:
+                reasons.append({"code": "CREDIT_LINE", "line": ("financing", "short")[w],
+                                "limit": yuan(limit), "used": yuan(used),
+                                "after": yuan(after)})
+
+    # --- the account after the action
+    # (rows only add up: a sale is a row of negative shares)
+    after_acct = _Account(acct.cash, acct.other_collateral, acct.accrued, acct.other_debt,
+                          list(acct.rows))
+    add = after_acct.rows.append
+    if kind == "financed_buy":
+        add((s, u.FINANCED, act.qty, V + act.fee, m))
+    elif kind == "short_sale":
+        add((s, u.SHORT, act.qty, V, m))
+        after_acct.cash += V - act.fee
+    elif kind == "collateral_buy":
+        add((s, u.COLLATERAL, act.qty, 0, 0))
+        after_acct.cash -= V + act.fee
+    elif kind == "collateral_sell":
+        add((s, u.COLLATERAL, -act.qty, 0, 0))
+        after_acct.cash += V - act.fee
+    elif kind == "collateral_transfer_out":
+        add((s, u.COLLATERAL, -act.qty, 0, 0))
+    else:
+        after_acct.cash -= act.amount
+    A2, L2, longs2 = after_acct.amounts(price)
+    figures["ratio_after"] = _ratio(A2, L2)
+    figures["value"] = yuan(V if s >= 0 else act.amount)
+
+    if kind in ("cash_withdrawal", "collateral_transfer_out"):
+        wl = int(lines[u.LINE_WITHDRAWABLE])
+        if L2 > 0 and A2 * S < wl * L2:
+            reasons.append({"code": "BELOW_WITHDRAWAL_LINE", "ratio_after": _ratio(A2, L2),
+                            "line": wl / S,
+                            "withdrawable": yuan(max(0, min(acct.cash, (A * S - wl * L) // S)))})
+
+    if kind in CONCENTRATING:
+        before = concentration(state, t, p, A, L, longs)
+        for key, (mv, cap) in sorted(concentration(state, t, p, A2, L2, longs2).items()):
+            e2 = mv * S - cap * A2
+            if e2 <= 0:
+                continue
+            old = before.get(key)
+            e1 = None if old is None else old[0] * S - old[1] * A
+            if e1 is None or e2 > e1:
+                reasons.append({"code": "CONCENTRATION", "item_type": key[0], "name": key[1],
+                                "share_after": round(mv / A2, 6), "cap": cap / S,
+                                "share_before": (round(old[0] / A, 6) if old and A > 0
+                                                 else None),
+                                "excess_after": yuan(e2 // S)})
+    return Decision(not reasons, reasons, figures)
+
+
+def _ratio(A: int, L: int) -> float | None:
+    return round(A / L, 6) if L > 0 else None
+
+
+def _halted(state, t: CreditTerms, s: int, controls) -> dict | None:
+    if t.free_float[s] <= 0:
+        return None
+    if controls is not None:
+        bal = controls.financing_balance(s)
+        halted = bool(controls.halted[s])
+    else:
+        b = state.book
+        fin = (b.pos_sec == s) & (b.pos_kind == u.FINANCED)
+        bal = int(b.pos_cost[fin].sum()) + int(t.market_financing[s])
+        halted = bool(halt_flags(np.array([bal]), t.free_float[s:s + 1], state.price[s:s + 1],
+                                 np.zeros(1, dtype=bool), t.halt_bp, t.resume_bp)[0])
+    if not halted:
+        return None
+    ffmv = int(t.free_float[s]) * int(state.price[s])
+    return {"financing_balance": yuan(bal), "free_float_value": yuan(ffmv),
+            "share": round(bal / ffmv, 6), "halt_at": t.halt_bp / S,
+            "resume_below": t.resume_bp / S}
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+class PretradeService:
+    """`POST /api/pretrade` on the monitor: the engine's live state, its credit controls."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.checks = 0
+        self.rejects: Counter = Counter()  # bad requests by code
+        self._last_log = 0.0
+
+    def http(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if path != "/api/pretrade":
+            return 404, orjson.dumps({"error": f"no POST endpoint {path!r}",
+                                      "endpoints": ["/api/pretrade"]})
+        t0 = time.perf_counter()
+        try:
+            if len(body) > MAX_BODY:
+                raise PretradeError("too_large", f"body over {MAX_BODY} bytes", 413)
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise PretradeError("malformed", "body is not valid JSON") from None
+            if not isinstance(doc, dict):
+                raise PretradeError("malformed", "body must be a JSON object")
+            action = doc.get("action", doc)
+            decision = check(self.engine.state, doc.get("account_id"), action,
+                             self.engine.credit)
+        except PretradeError as e:
+            self.rejects[e.code] += 1
+            now = time.monotonic()
+            if now - self._last_log > 10:
+                self._last_log = now
+                log.warning("pre-trade request rejected (%s; %d so far): %s", e.code,
+                            sum(self.rejects.values()), e)
+            return e.status, orjson.dumps({"error": str(e), "code": e.code})
+        self.checks += 1
+        out = decision.as_dict()
+        out["account_id"] = doc.get("account_id")
+        out["action"] = action.get("type")
+        out["ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        return 200, orjson.dumps(out)

@@ -120,12 +120,22 @@ KERNEL_HELPERS_BEING_MOVED = {"kernels.ratios._line_mode", "kernels.ratios._next
 
 
 def test_no_private_name_imported_across_modules():
-    files = [*MODULES.values(), *(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]
+    files = [*MODULES.values(), *(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").glob("*.py")]
     bad = [f"{p.relative_to(ROOT)}:{line}: {target}.{n}" for p in files
            for target, names, line in _imports(p) for n in names
            if n.startswith("_") and n != "__version__"
            and f"{target}.{n}" not in KERNEL_HELPERS_BEING_MOVED]
     assert not bad, "\n".join(bad)
+
+
+def test_tests_mirror_the_source_tree():
+    """tests/<package>/ for every package that has tests; none for a package that does not
+    exist (a test left behind by a move)."""
+    packages = {p.name for p in (ROOT / "monitor").iterdir() if (p / "__init__.py").exists()}
+    packages |= {"kernels", "feeds"}
+    for d in (ROOT / "tests").iterdir():
+        if d.is_dir() and d.name not in ("data", "__pycache__"):
+            assert d.name in packages, f"tests/{d.name}/ mirrors no source package"
 
 
 def test_every_exception_class_is_in_the_one_tree():

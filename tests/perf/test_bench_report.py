@@ -15,7 +15,7 @@ import pytest
 from monitor.perf.e2e import object_holders
 from monitor.perf.jsonreport import dumps_report, json_safe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Key:

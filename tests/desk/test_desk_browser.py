@@ -41,7 +41,7 @@ if not os.path.exists(CHROMIUM):
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "desk-e2e-token-5b7e0c1d9a"
 ACCOUNTS, SECURITIES, SEED = 4_000, 300, 11
 FEED = ("synthetic:crash?drop=0.12&minutes=5&at=0.2&speed=60&duration=8&rate=4000&batch_ms=50"

@@ -28,7 +28,7 @@ from websockets.exceptions import InvalidStatus
 from monitor.app.config import ConfigError, RunConfig
 from monitor.book.data import SAMPLE_BOOK
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = SAMPLE_BOOK
 TOKEN = "sec-test-token-7d1e0b55c2a94f3e"
 REDIS_USER = "mmuser"

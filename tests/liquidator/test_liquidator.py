@@ -39,7 +39,7 @@ from monitor.liquidator import (
 )
 from monitor.liquidator.hooks import WebhookHook
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = SAMPLE_BOOK
 VECTORS = json.loads((ROOT / "tests" / "data" / "vectors.json").read_text())["vectors"]
 SECRET = "webhook-secret-0123456789abcdef"

@@ -13,6 +13,7 @@ import copy
 import importlib
 import math
 import pkgutil
+from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -95,6 +96,11 @@ def test_every_public_kernel_is_in_the_catalog():
         assert callable(_resolve(entry.reference)), entry.reference
         assert entry.check is None or callable(_resolve(entry.check)), entry.check
         assert entry.what and entry.basis, name
+
+
+def test_docs_list_every_kernel():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "kernels.md").read_text()
+    assert [k.name for k in KERNELS if f"`{k.name}`" not in text] == []
 
 
 def test_every_kernel_but_the_inline_helpers_is_signed():

@@ -41,7 +41,7 @@ BAND_BP = u.DEFAULT_HYSTERESIS_BP
 MAX_THREADS = nb.config.NUMBA_NUM_THREADS
 
 
-def _label(n: int) -> str:
+def size_label(n: int) -> str:
     if n % 1_000_000 == 0:
         return f"{n // 1_000_000}M"
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
@@ -51,7 +51,8 @@ BOOKS = [(n, layout) for n in SIZES for layout in LAYOUTS]
 
 
 @pytest.fixture(scope="session", params=BOOKS,
-                ids=[_label(n) if lay == "packed" else f"{_label(n)}-{lay}" for n, lay in BOOKS])
+                ids=[size_label(n) if lay == "packed" else f"{size_label(n)}-{lay}"
+                     for n, lay in BOOKS])
 def book(request):
     """A benchmark book (arrays the kernels walk), built once and cached on disk."""
     n, layout = request.param

@@ -15,6 +15,7 @@ below MAX_ACCOUNT_MONEY (units.py), so `mv·S` fits in int64.
 import numba as nb
 import numpy as np
 
+from .common import I8, I32, I64, I64_2D, i64, void
 from .units import FINANCED, RATIO_SCALE, SHORT
 
 ITEM_SECURITY = 0
@@ -25,7 +26,7 @@ NO_CAP = -1
 MAX_ITEMS = 64  # per account: holdings + groups + boards reported by account_items
 
 
-@nb.njit(cache=True)
+@nb.njit(nb.types.UniTuple(i64, 3)(i64, i64, I64, I64, I64, I64, i64), cache=True)
 def band_caps(assets, liabilities, below, single, group, board, n_bands):
     """(single, group, board) caps in bp of the first band the ratio is under; -1 for none."""
     if liabilities <= 0:
@@ -37,7 +38,8 @@ def band_caps(assets, liabilities, below, single, group, board, n_bands):
     return np.int64(NO_CAP), np.int64(NO_CAP), np.int64(NO_CAP)
 
 
-@nb.njit(cache=True)
+@nb.njit(i64(i64, i64, I64, I64, I32, I64, I64, I64, i64, i64, i64, i64, I64, I64, I64, I64,
+             I64, I64, I64), cache=True)
 def account_items(a, assets, price, long_ptr, long_sec, long_qty, sec_group, sec_board,
                   cap_single, cap_group, cap_board, tol_bp, out_kind, out_item, out_mv,
                   out_cap, gid, gmv, bmv):
@@ -114,7 +116,7 @@ def _mix(key):
     return z ^ (z >> np.uint64(31))
 
 
-@nb.njit(cache=True)
+@nb.njit(i64(I64, I64), cache=True)
 def set_fingerprint(kinds, items):
     """Order-free 64-bit fingerprint of a set of (kind, item) keys; 0 for the empty set."""
     fp = np.uint64(0)
@@ -123,7 +125,8 @@ def set_fingerprint(kinds, items):
     return np.int64(fp)
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, I64, I32, I64_2D, I64_2D, I64_2D, I64_2D, I64, I64, I64, I32, I64, I64,
+              I64, i64, I64, I64), cache=True)
 def concentration_fingerprints(accounts, assets, liabilities, profile_of, band_below,
                                band_single, band_group, band_board, n_bands, price, long_ptr,
                                long_sec, long_qty, sec_group, sec_board, tol_bp, out_over,
@@ -159,7 +162,7 @@ def concentration_fingerprints(accounts, assets, liabilities, profile_of, band_b
         out_near[i] = np.int64(fn)
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, I8, I64, I64, I64), cache=True)
 def line_use(accounts, pos_ptr, pos_kind, pos_cost, out_financed, out_short):
     """Credit-line use per account: outstanding financed principal and short-sale amount (the
     contract values the lines are granted in; free rows carry no cost)."""
@@ -177,7 +180,7 @@ def line_use(accounts, pos_ptr, pos_kind, pos_cost, out_financed, out_short):
         out_short[i] = s
 
 
-@nb.njit(cache=True)
+@nb.njit(i64(i64, i64, I64, i64), cache=True)
 def line_levels(used, line, thresholds_bp, n_thresholds):
     """How many alert thresholds the use of a line has reached (`used·S >= t·line`); a line of
     -1 is no line (0); a zero line with any use reaches them all."""
@@ -190,7 +193,7 @@ def line_levels(used, line, thresholds_bp, n_thresholds):
     return lvl
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, I64, I64, I64, I32, I64_2D, I64, I64, I64), cache=True)
 def line_levels_many(accounts, used_fin, used_short, fin_line, short_line, profile_of,
                      thresholds_bp, n_thresholds, out_fin, out_short):
     for i in range(accounts.shape[0]):

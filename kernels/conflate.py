@@ -6,8 +6,10 @@ Caller-owned buffers; nothing is allocated per tick.
 import numba as nb
 import numpy as np
 
+from .common import I32, I64, U8, i64, void
 
-@nb.njit(cache=True)
+
+@nb.njit(i64(I32, I64, I64, i64, I64, I64, U8, I64, i64), cache=True)
 def conflate(sec, price, ts, n, pending_price, pending_ts, pending_flag, pending_list, n_pending):
     """Fold ticks[:n] into the pending set; returns the new pending count. A later tick for a
     symbol replaces an earlier one in the same cycle."""
@@ -23,7 +25,7 @@ def conflate(sec, price, ts, n, pending_price, pending_ts, pending_flag, pending
     return k
 
 
-@nb.njit(cache=True)
+@nb.njit(i64(I64, i64, I64, U8, I64, I64, I64, I64), cache=True)
 def take_pending(pending_list, n_pending, pending_price, pending_flag, price, old_price,
                  secs_out, prices_out):
     """Move the pending set into (secs_out, prices_out), remember each symbol's price before
@@ -37,7 +39,7 @@ def take_pending(pending_list, n_pending, pending_price, pending_flag, price, ol
     return n_pending
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, i64, I64, I32, I64, I64, I32, I64, I64, I64, I64), cache=True)
 def triggers(accounts, n, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_qty,
              price, old_price, out_sec):
     """For each account, the security whose move this cycle hurt it most (largest adverse

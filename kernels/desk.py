@@ -8,14 +8,18 @@ caller-owned arrays, so a query never touches the live market values the engine 
 import numba as nb
 import numpy as np
 
+from .common import I8, I32, I64, I64_2D, void
 from .ratios import tier_of
 from .units import LINE_NORMAL, RATIO_SCALE
 
 N_CROSS = 3  # lines crossed downwards: normal (-> WARNING), warning (-> MC), margin call (-> FL)
 _CHUNKS = 16  # crowding: accounts are cut into this many runs, each with its own tallies
+_CSR = (I64, I32, I64, I64, I32, I64)  # long_ptr, long_sec, long_qty, short_ptr, ...
+_CSC = (I64, I32, I64, I64, I32, I64)  # long_hptr, long_hacct, long_hqty, short_hptr, ...
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, *_CSR, I64, I64, I32, I64_2D, I64, I64_2D, I64_2D), cache=True,
+         parallel=True)
 def crowding(move, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_qty, assets,
              liabilities, profile_of, profile_lines, out_holders, out_count, out_debt):
     """For every security s alone falling by `move[s]` (money units per share, >= 0; the
@@ -84,7 +88,7 @@ def crowding(move, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_qty
             out_debt[s, k] = d
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, *_CSR, I64, I64, I32, I64_2D, I64, I64, I8, I8), cache=True, parallel=True)
 def shift_all(delta, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_qty, assets,
               liabilities, profile_of, profile_lines, out_assets, out_liabilities,
               out_tier_now, out_tier_after):
@@ -105,7 +109,7 @@ def shift_all(delta, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_q
         out_tier_after[a] = tier_of(A + da, L + dl, lines, 0)
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, *_CSC, I64, I64), cache=True)
 def shift_holders(secs, delta, long_hptr, long_hacct, long_hqty, short_hptr, short_hacct,
                   short_hqty, out_assets, out_liabilities):
     """In place: add `qty * delta[s]` to the assets (longs) and liabilities (shorts) of the
@@ -119,7 +123,7 @@ def shift_holders(secs, delta, long_hptr, long_hacct, long_hqty, short_hptr, sho
             out_liabilities[short_hacct[j]] += short_hqty[j] * d
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, *_CSR, I64, I64), cache=True)
 def account_shift(accounts, delta, long_ptr, long_sec, long_qty, short_ptr, short_sec,
                   short_qty, out_assets, out_liabilities):
     """out[i]: what the price moves `delta[s]` added to the assets (longs) and liabilities
@@ -136,13 +140,13 @@ def account_shift(accounts, delta, long_ptr, long_sec, long_qty, short_ptr, shor
         out_liabilities[i] = dl
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, I64, I32, I64_2D, I8), cache=True, parallel=True)
 def plain_tiers_of(assets, liabilities, profile_of, profile_lines, out):
     for a in nb.prange(assets.shape[0]):
         out[a] = tier_of(assets[a], liabilities[a], profile_lines[profile_of[a]], 0)
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I8, I8, I64, I64, I64_2D, I64_2D, I64), cache=True)
 def tally(tier_now, tier_after, liab_now, liab_after, out_count, out_debt_now, out_debt_after):
     """out_count[i, j]: accounts going from tier i to tier j; out_debt_now[i, j] their
     liabilities now; out_debt_after[j]: liabilities after, per tier after."""

@@ -7,14 +7,14 @@ accounts are deduplicated with a caller-owned mark array, so nothing is allocate
 import numba as nb
 import numpy as np
 
-from .ratios import _line_mode, _next_tier_bf, _tiers
+from .common import I8, I32, I64, I64_2D, U8, block_tiers, i64, line_mode, next_tier_branchless
 from .units import LINE_MARGIN_CALL, LINE_NORMAL, LINE_WARNING, LINE_WITHDRAWABLE
 
 _RETIER_BLOCK = 512  # accounts gathered per block by retier_accounts
 _RETIER_SMALL = 64  # below this many accounts, one plain loop (no block set-up)
 
 
-@nb.njit(cache=True)
+@nb.njit(i64(I64, i64, I64, I64), cache=True)
 def holders_touched(secs, n, long_hptr, short_hptr):
     """Holder rows an update of `secs[:n]` would walk (the cost model for sweep vs incremental)."""
     total = np.int64(0)
@@ -38,7 +38,8 @@ def _apply_holders(acct, qty, dp, mv, mark, touched_out, k):
     return k
 
 
-@nb.njit(cache=True, error_model="numpy")
+@nb.njit(i64(I64, I64, i64, I64, I64, I32, I64, I64, I32, I64, I64, I64, U8, I64), cache=True,
+         error_model="numpy")
 def apply_price_changes(
     secs,
     new_prices,
@@ -77,7 +78,8 @@ def apply_price_changes(
     return k
 
 
-@nb.njit(cache=True, error_model="numpy")
+@nb.njit(i64(I64, i64, I64, I64, I64, I64, I32, I64_2D, i64, I8, I8, I64), cache=True,
+         error_model="numpy")
 def retier_accounts(
     accounts,
     n,
@@ -107,17 +109,19 @@ def retier_accounts(
             u = np.uintp(a)
             r = reported[u]
             p = np.uintp(profile_of[u])
-            c = _next_tier_bf(r, base_assets[u] + long_mv[u], base_liabilities[u] + short_mv[u],
-                              profile_lines[p, LINE_WITHDRAWABLE], profile_lines[p, LINE_NORMAL],
-                              profile_lines[p, LINE_WARNING], profile_lines[p, LINE_MARGIN_CALL],
-                              band)
+            c = next_tier_branchless(r, base_assets[u] + long_mv[u],
+                                     base_liabilities[u] + short_mv[u],
+                                     profile_lines[p, LINE_WITHDRAWABLE],
+                                     profile_lines[p, LINE_NORMAL],
+                                     profile_lines[p, LINE_WARNING],
+                                     profile_lines[p, LINE_MARGIN_CALL], band)
             if c != r:
                 changed_out[k] = a
                 previous_out[k] = r
                 reported[u] = c
                 k += 1
         return k
-    mode, sel, packed = _line_mode(profile_lines)
+    mode, sel, packed = line_mode(profile_lines)
     m = _RETIER_BLOCK
     assets = np.empty(m, dtype=np.int64)
     liabilities = np.empty(m, dtype=np.int64)
@@ -135,8 +139,8 @@ def retier_accounts(
             liabilities[t] = base_liabilities[u] + short_mv[u]
             rep[t] = reported[u]
             prof[t] = profile_of[u]
-        _tiers(mode, sel, packed, profile_lines, assets[:b], liabilities[:b], zeros[:b],
-               zeros[:b], prof[:b], band, rep[:b], cand[:b])
+        block_tiers(mode, sel, packed, profile_lines, assets[:b], liabilities[:b], zeros[:b],
+                    zeros[:b], prof[:b], band, rep[:b], cand[:b])
         for t in range(b):
             a = acc[t]
             u = np.uintp(a)
@@ -144,11 +148,11 @@ def retier_accounts(
             c = np.int64(cand[t])
             if r != rep[t]:  # listed twice in this block: its tier moved meanwhile
                 p = prof[t]
-                c = _next_tier_bf(r, assets[t], liabilities[t],
-                                  profile_lines[p, LINE_WITHDRAWABLE],
-                                  profile_lines[p, LINE_NORMAL],
-                                  profile_lines[p, LINE_WARNING],
-                                  profile_lines[p, LINE_MARGIN_CALL], band)
+                c = next_tier_branchless(r, assets[t], liabilities[t],
+                                         profile_lines[p, LINE_WITHDRAWABLE],
+                                         profile_lines[p, LINE_NORMAL],
+                                         profile_lines[p, LINE_WARNING],
+                                         profile_lines[p, LINE_MARGIN_CALL], band)
             if c != r:
                 changed_out[k] = a
                 previous_out[k] = r

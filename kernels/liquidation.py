@@ -31,6 +31,7 @@ all of it in Decimal arithmetic.
 import numba as nb
 import numpy as np
 
+from .common import B1, F64, I8, I32, I64, f64, i64, void
 from .units import (
     FINANCED,
     NOT_REQUIRED,
@@ -53,7 +54,7 @@ DEFAULT_GROUP_RANK = np.array([0, 1, 2, 3], dtype=np.int64)
 MAX_PASSES = 4
 
 
-@nb.njit(cache=True)
+@nb.njit(i64(i64, i64, i64), cache=True)
 def liquidation_status(assets, liabilities, target_bp):
     if liabilities <= 0 or assets * RATIO_SCALE >= target_bp * liabilities:
         return NOT_REQUIRED
@@ -62,7 +63,7 @@ def liquidation_status(assets, liabilities, target_bp):
     return REQUIRED
 
 
-@nb.njit(cache=True)
+@nb.njit(f64(i64, i64, i64, f64, f64), cache=True)
 def liquidation_value(assets, liabilities, target_bp, sell_cost, buy_cost):
     """Market value to sell (or buy back) to reach the target, in money units (float).
 
@@ -273,7 +274,7 @@ def _size_order(is_short, avail, p, lot, step, C, I, F, other_debt, other_coll, 
 # ---------------------------------------------------------------- the plan
 
 
-@nb.njit(cache=True)
+@nb.njit(I64(i64, I64, I32, I8, I64, I64, I64, I64, F64, I64), cache=True)
 def plan_order(a, pos_ptr, pos_sec, pos_kind, pos_qty, pos_cost, price, prev_close, haircut,
                group_rank):
     """Position indices of account `a` in the default policy's order: rising shorts (price
@@ -314,7 +315,9 @@ def plan_order(a, pos_ptr, pos_sec, pos_kind, pos_qty, pos_cost, price, prev_clo
     return lo + by_key[by_group]
 
 
-@nb.njit(cache=True)
+@nb.njit(nb.types.UniTuple(i64, 3)(i64, i64, i64, i64, i64, i64, I64, I32, I8, I64, I64, I64, I64,
+                                   F64, I64, I64, B1, B1, f64, f64, I64, I64, I64, I64, I64),
+         cache=True)
 def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_ptr, pos_sec,
                  pos_kind, pos_qty, pos_cost, price, prev_close, haircut, lot, step,
                  sell_blocked, buy_blocked, sell_cost, buy_cost, group_rank, out_sec, out_side,
@@ -422,7 +425,7 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
     return rows, A, L
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, I64, B1, B1, B1), cache=True)
 def blocked_flags(price, limit_down, limit_up, suspended, sell_blocked, buy_blocked):
     """Untradable: suspended; longs locked at limit-down; shorts locked at limit-up."""
     for s in range(price.shape[0]):

@@ -7,6 +7,7 @@ exact integer amounts; it is reported, never compared against a line.
 import numba as nb
 import numpy as np
 
+from .common import F64, I8, I32, I64, f64, i64, void
 from .units import COLLATERAL, FINANCED, RATIO_SCALE, SHORT
 
 
@@ -15,7 +16,10 @@ def _gain_weight(gain, haircut):
     return gain * haircut if gain > 0 else float(gain)
 
 
-@nb.njit(cache=True)
+_AMB_ARGS = (I64, I64, I64, I64, I64, I32, I8, I64, I64, F64, I64, F64)
+
+
+@nb.njit(f64(i64, *_AMB_ARGS), cache=True)
 def available_margin_balance_one(a, cash, accrued, other_debt, other_collateral, pos_ptr,
                                  pos_sec, pos_kind, pos_qty, pos_cost, pos_margin_ratio, price,
                                  haircut):
@@ -39,7 +43,7 @@ def available_margin_balance_one(a, cash, accrued, other_debt, other_collateral,
     return amb
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, *_AMB_ARGS, F64), cache=True, parallel=True)
 def available_margin_balance(accounts, cash, accrued, other_debt, other_collateral, pos_ptr,
                              pos_sec, pos_kind, pos_qty, pos_cost, pos_margin_ratio, price,
                              haircut, out):

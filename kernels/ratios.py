@@ -9,6 +9,7 @@ arrays so each inner loop is a branch-free gather-multiply-add.
 import numba as nb
 import numpy as np
 
+from .common import I8, I32, I64, I64_2D, block_tiers, i64, line_mode, void
 from .units import (
     LINE_MARGIN_CALL,
     LINE_NORMAL,
@@ -71,7 +72,8 @@ def _dot(ptr, sec, qty, price, a):
 # 2. tiers: a branch-free loop over the chunk's accounts that LLVM vectorises (AVX-512
 #    `vpmullq`: tiers are still compared by multiplication, with the same int64 expressions).
 #    Per-account lines come from a select chain when there are at most 4 profiles, from one
-#    packed 64-bit word per profile when every line fits in 16 bits, else from the 2-D table.
+#    packed 64-bit word per profile when every line fits in 16 bits, else from the 2-D table
+#    (`common.line_mode` / `common.block_tiers`, shared with the incremental re-tier).
 #
 # Inner loops run over 0-based slices: Numba guards a signed index that may be negative with a
 # wraparound fix-up on every access, which was much of the original per-row cost. Prices are
@@ -83,9 +85,6 @@ _MIN_CHUNK = 4096  # accounts
 _MAX_CHUNKS = 64
 _I32_MAX = 2_147_483_647
 _I32_MIN = -2_147_483_648
-_MODE_SELECT = 0
-_MODE_PACKED = 1
-_MODE_TABLE = 2
 
 
 @nb.njit(cache=True)
@@ -153,119 +152,7 @@ def _market_values(price, ptr, sec, qty, mv, cs, sb):
             prev = cur
 
 
-@nb.njit(cache=True, inline="always")
-def _next_tier_bf(reported, assets, liabilities, l0, l1, l2, l3, band_bp):
-    """`next_reported_tier` without branches (same integer expressions, same result)."""
-    x = assets * RATIO_SCALE
-    L = liabilities
-    raw = (np.int64(x >= l0 * L) + np.int64(x >= l1 * L) + np.int64(x >= l2 * L)
-           + np.int64(x >= l3 * L))
-    banded = (np.int64(x >= (l0 + band_bp) * L) + np.int64(x >= (l1 + band_bp) * L)
-              + np.int64(x >= (l2 + band_bp) * L) + np.int64(x >= (l3 + band_bp) * L))
-    no_debt = L <= 0
-    raw = NO_DEBT if no_debt else raw
-    banded = NO_DEBT if no_debt else banded
-    r = np.int64(reported)
-    keep = banded if banded > r else r
-    return raw if (raw < r) | (r == UNSET_TIER) else keep
-
-
-@nb.njit(cache=True, error_model="numpy")
-def _tiers_select(ba, bl, lm, sm, prof, sel, band_bp, reported, candidate):
-    """At most 4 profiles: sel[p, k] is line k of profile p (rows beyond the last repeat 0)."""
-    a0, a1, a2, a3 = sel[0, 0], sel[0, 1], sel[0, 2], sel[0, 3]
-    b0, b1, b2, b3 = sel[1, 0], sel[1, 1], sel[1, 2], sel[1, 3]
-    c0, c1, c2, c3 = sel[2, 0], sel[2, 1], sel[2, 2], sel[2, 3]
-    d0, d1, d2, d3 = sel[3, 0], sel[3, 1], sel[3, 2], sel[3, 3]
-    for a in range(candidate.shape[0]):
-        p = prof[a]
-        is1 = p == 1
-        is2 = p == 2
-        is3 = p == 3
-        l0 = d0 if is3 else (c0 if is2 else (b0 if is1 else a0))
-        l1 = d1 if is3 else (c1 if is2 else (b1 if is1 else a1))
-        l2 = d2 if is3 else (c2 if is2 else (b2 if is1 else a2))
-        l3 = d3 if is3 else (c3 if is2 else (b3 if is1 else a3))
-        candidate[a] = _next_tier_bf(reported[a], ba[a] + lm[a], bl[a] + sm[a], l0, l1, l2, l3,
-                                     band_bp)
-
-
-@nb.njit(cache=True, error_model="numpy")
-def _tiers_packed(ba, bl, lm, sm, prof, packed, band_bp, reported, candidate):
-    """Lines packed 16 bits each in packed[p]: gather one word per account into a small
-    buffer (a scalar loop), then run the vectorised tier loop over the block."""
-    n = candidate.shape[0]
-    buf = np.empty(1024, dtype=np.int64)
-    for b0 in range(0, n, 1024):
-        b1 = min(n, b0 + 1024)
-        pb = prof[b0:b1]
-        word = buf[:b1 - b0]
-        for a in range(word.shape[0]):
-            word[a] = packed[pb[a]]
-        xa = ba[b0:b1]
-        xl = bl[b0:b1]
-        ml = lm[b0:b1]
-        ms = sm[b0:b1]
-        rep = reported[b0:b1]
-        cand = candidate[b0:b1]
-        for a in range(cand.shape[0]):
-            w = word[a]
-            cand[a] = _next_tier_bf(rep[a], xa[a] + ml[a], xl[a] + ms[a], w & 0xFFFF,
-                                    (w >> 16) & 0xFFFF, (w >> 32) & 0xFFFF, (w >> 48) & 0xFFFF,
-                                    band_bp)
-
-
-@nb.njit(cache=True, error_model="numpy")
-def _tiers_table(ba, bl, lm, sm, prof, lines, band_bp, reported, candidate):
-    for a in range(candidate.shape[0]):
-        p = prof[a]
-        candidate[a] = _next_tier_bf(reported[a], ba[a] + lm[a], bl[a] + sm[a],
-                                     lines[p, LINE_WITHDRAWABLE], lines[p, LINE_NORMAL],
-                                     lines[p, LINE_WARNING], lines[p, LINE_MARGIN_CALL], band_bp)
-
-
-@nb.njit(cache=True)
-def _line_mode(profile_lines):
-    """How the tier loop reads lines: a select chain, packed words or the table; and the
-    select matrix (int64 [4, 4]) and packed words (int64 [n_profiles]) for the first two."""
-    n = profile_lines.shape[0]
-    cols = (LINE_WITHDRAWABLE, LINE_NORMAL, LINE_WARNING, LINE_MARGIN_CALL)
-    sel = np.zeros((4, 4), dtype=np.int64)
-    packed = np.zeros(n, dtype=np.int64)
-    fits16 = True
-    for p in range(n):
-        for k in range(4):
-            v = profile_lines[p, cols[k]]
-            if p < 4:
-                sel[p, k] = v
-            if v < 0 or v > 0xFFFF:
-                fits16 = False
-            else:
-                packed[p] |= np.int64(v) << (16 * k)
-    for p in range(n, 4):
-        for k in range(4):
-            sel[p, k] = sel[0, k]
-    if n <= 4:
-        return _MODE_SELECT, sel, packed
-    if fits16:
-        return _MODE_PACKED, sel, packed
-    return _MODE_TABLE, sel, packed
-
-
-@nb.njit(cache=True, error_model="numpy")
-def _tiers(mode, sel, packed, profile_lines, ba, bl, lm, sm, prof, band_bp, reported,
-           candidate):
-    """candidate[i] = next reported tier of (ba + lm, bl + sm) for aligned 0-based arrays,
-    reading lines the way `_line_mode` chose."""
-    if mode == _MODE_SELECT:
-        _tiers_select(ba, bl, lm, sm, prof, sel, band_bp, reported, candidate)
-    elif mode == _MODE_PACKED:
-        _tiers_packed(ba, bl, lm, sm, prof, packed, band_bp, reported, candidate)
-    else:
-        _tiers_table(ba, bl, lm, sm, prof, profile_lines, band_bp, reported, candidate)
-
-
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, I64, I64, I32, I64, I64, I32, I64, I64, I64), cache=True, parallel=True)
 def sweep(
     long_price,
     short_price,
@@ -305,7 +192,8 @@ def sweep(
                            short_qty[sp0:sp1], short_mv[a0:a1], cs, sb_short)
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, I64, I32, I64, I64, I32, I64, I64, I64, I32, I64_2D, i64, I64, I64, I8, I8),
+         cache=True, parallel=True)
 def sweep_tiers(
     price,
     long_ptr,
@@ -328,7 +216,7 @@ def sweep_tiers(
     (the tier to report next). `reported` is read only; `collect_changes` applies it."""
     n = long_mv.shape[0]
     narrow, p32 = _narrow_prices(price)
-    mode, sel, packed = _line_mode(profile_lines)
+    mode, sel, packed = line_mode(profile_lines)
     band = np.int64(band_bp)
     sb_long = _sub_block(long_ptr, n)
     sb_short = _sub_block(short_ptr, n)
@@ -349,12 +237,12 @@ def sweep_tiers(
                            long_mv[a0:a1], cs, sb_long)
             _market_values(price, short_ptr[a0:a1 + 1], short_sec[sp0:sp1],
                            short_qty[sp0:sp1], short_mv[a0:a1], cs, sb_short)
-        _tiers(mode, sel, packed, profile_lines, base_assets[a0:a1], base_liabilities[a0:a1],
-               long_mv[a0:a1], short_mv[a0:a1], profile_of[a0:a1], band, reported[a0:a1],
-               candidate[a0:a1])
+        block_tiers(mode, sel, packed, profile_lines, base_assets[a0:a1],
+                    base_liabilities[a0:a1], long_mv[a0:a1], short_mv[a0:a1], profile_of[a0:a1],
+                    band, reported[a0:a1], candidate[a0:a1])
 
 
-@nb.njit(cache=True)
+@nb.njit(i64(I8, I8, I8, I64), cache=True)
 def collect_changes(candidate, reported, previous_out, changed_out):
     """Compact accounts whose candidate tier differs from the reported one into `changed_out`
     (their old tier into `previous_out`), and commit the candidate. Returns how many."""
@@ -370,7 +258,7 @@ def collect_changes(candidate, reported, previous_out, changed_out):
     return k
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, I64, I32, I64_2D, I8), cache=True, parallel=True)
 def plain_tiers(assets, liabilities, profile_of, profile_lines, out):
     """Tier without hysteresis for every account (evaluate, summaries)."""
     for a in nb.prange(assets.shape[0]):

@@ -24,7 +24,22 @@ checks the bound and that equality.
 import numba as nb
 import numpy as np
 
-from .ratios import _next_tier_bf
+from .common import (
+    F32,
+    F64,
+    F64_2D,
+    I8,
+    I32,
+    I64,
+    I64_2D,
+    U8,
+    U8_2D,
+    f32,
+    f64,
+    i64,
+    next_tier_branchless,
+    void,
+)
 from .units import (
     FORCED_LIQUIDATION,
     LINE_MARGIN_CALL,
@@ -41,6 +56,9 @@ PINNED = np.float32(-1.0)  # reach of an account evaluated every cycle until its
 _INF = np.float32(np.inf)
 _SAFE_REL = 1e-9  # relative margin on float64 quantities: far above float64 rounding
 _SHARE = 255.0  # class shares are stored as uint8 numerators over this
+# signature pieces: the long and short CSR arrays; base amounts, profiles, lines and band
+_CSR = (I64, I32, I64, I64, I32, I64)
+_ACCOUNTS = (I64, I64, I32, I64_2D, i64)
 
 
 def price_classes(price: np.ndarray) -> np.ndarray:
@@ -63,12 +81,12 @@ def _values(a, price, long_ptr, long_sec, long_qty, short_ptr, short_sec, short_
 
 @nb.njit(cache=True, inline="always")
 def _next_tier(r, A, L, profile_lines, p, band):
-    return _next_tier_bf(r, A, L, profile_lines[p, LINE_WITHDRAWABLE],
-                         profile_lines[p, LINE_NORMAL], profile_lines[p, LINE_WARNING],
-                         profile_lines[p, LINE_MARGIN_CALL], band)
+    return next_tier_branchless(r, A, L, profile_lines[p, LINE_WITHDRAWABLE],
+                                profile_lines[p, LINE_NORMAL], profile_lines[p, LINE_WARNING],
+                                profile_lines[p, LINE_MARGIN_CALL], band)
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, *_CSR, I64, I64), cache=True)
 def account_values(accounts, price, long_ptr, long_sec, long_qty, short_ptr, short_sec,
                    short_qty, long_mv_out, short_mv_out):
     """Exact long and short market values of `accounts` at `price`, from their positions."""
@@ -79,7 +97,7 @@ def account_values(accounts, price, long_ptr, long_sec, long_qty, short_ptr, sho
         short_mv_out[i] = smv
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, I64, I32, I64, I64), cache=True)
 def short_values(price, short_ptr, short_sec, short_qty, short_mv_out):
     """Exact short market value of every account (shorts are few: cheaper than a sweep)."""
     for a in range(short_mv_out.shape[0]):
@@ -189,7 +207,7 @@ def _set_bound(a, room, c, lsum, ssum, reach, share):
     share[a, 3] = _share_of(d3, up)
 
 
-@nb.njit(cache=True)
+@nb.njit(f64(i64, i64, i64, i64, i64, i64, I64, i64), cache=True)
 def reach_of(reported, assets, liabilities, base_liabilities, lmv, smv, lines_row, band_bp):
     """Reach of one account holding one price class (tests): the fraction every price may
     move before its reported tier can change."""
@@ -206,7 +224,7 @@ def reach_of(reported, assets, liabilities, base_liabilities, lmv, smv, lines_ro
     return float(reach[0])
 
 
-@nb.njit(cache=True)
+@nb.njit(nb.types.Tuple((f32, U8))(i64, i64, i64, i64, I64, I64, I64, i64), cache=True)
 def bound_of(reported, assets, liabilities, base_liabilities, lsum, ssum, lines_row, band_bp):
     """(reach, shares) of one account from its per-class values (tests and tools)."""
     room, c = _room(reported, assets, liabilities, base_liabilities, ssum.sum(),
@@ -218,7 +236,7 @@ def bound_of(reported, assets, liabilities, base_liabilities, lsum, ssum, lines_
     return reach[0], share[0].copy()
 
 
-@nb.njit(cache=True)
+@nb.njit(void(I64, i64, I64, I8, I64_2D, F64_2D), cache=True)
 def update_deltas(secs, n, price, price_class, ref_price, deltas):
     """Raise each chunk's class deltas (`deltas[c, g]`) by the moves of `secs[:n]` (already
     at `price`) against the chunk's reference prices (`ref_price[c, s]`)."""
@@ -250,7 +268,8 @@ def _rebase_one(a, price, price_class, long_ptr, long_sec, long_qty, short_ptr, 
     return lmv, smv, t
 
 
-@nb.njit(cache=True, error_model="numpy")
+@nb.njit(i64(i64, i64, I64, I8, *_CSR, *_ACCOUNTS, I64, I64, I8, F32, U8_2D, I8, I64, i64),
+         cache=True, error_model="numpy")
 def refresh_range(lo, hi, price, price_class, long_ptr, long_sec, long_qty, short_ptr,
                   short_sec, short_qty, base_assets, base_liabilities, profile_of, profile_lines,
                   band_bp, long_mv, short_mv, reported, reach, share, previous_out, changed_out,
@@ -276,7 +295,7 @@ def refresh_range(lo, hi, price, price_class, long_ptr, long_sec, long_qty, shor
     return k
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(i64, i64, I64, I8, *_CSR, *_ACCOUNTS, I8, F32, U8_2D), cache=True, parallel=True)
 def rebase_all(n_chunks, chunk, price, price_class, long_ptr, long_sec, long_qty, short_ptr,
                short_sec, short_qty, base_assets, base_liabilities, profile_of, profile_lines,
                band_bp, reported, reach, share):
@@ -302,7 +321,8 @@ def scan_scratch(chunk: int) -> tuple[np.ndarray, np.ndarray]:
     return np.empty(chunk, dtype=np.int64), np.empty((9, _GROUP), dtype=np.int64)
 
 
-@nb.njit(cache=True, error_model="numpy")
+@nb.njit(nb.types.UniTuple(i64, 2)(i64, i64, F64, F32, U8_2D, I64, *_CSR, *_ACCOUNTS, I8, I8, I64,
+                                   i64, I64, I64_2D), cache=True, error_model="numpy")
 def scan_range(lo, hi, deltas_c, reach, share, price, long_ptr, long_sec, long_qty, short_ptr,
                short_sec, short_qty, base_assets, base_liabilities, profile_of, profile_lines,
                band_bp, reported, previous_out, changed_out, k, cand, stage):

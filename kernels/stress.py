@@ -3,10 +3,11 @@
 import numba as nb
 import numpy as np
 
+from .common import F64, F64_2D, I32, I64, I64_2D, void
 from .units import LINE_NORMAL, RATIO_SCALE
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, I64, I64, I64, F64), cache=True, parallel=True)
 def stress_ratio(base_assets, base_liabilities, long_mv_down, short_mv_up, out):
     """Ratio with longs at limit-down and shorts at limit-up; +inf when nothing is owed."""
     for a in nb.prange(out.shape[0]):
@@ -30,7 +31,7 @@ def distance_one(base_assets, liabilities, assets, long_mv, line_bp):
     return d
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(void(I64, I64, I64, I64, I32, I64_2D, F64_2D), cache=True, parallel=True)
 def distances(base_assets, assets, liabilities, long_mv, profile_of, profile_lines, out):
     """out[a, k]: the fall that brings the account into tier WARNING (k=0: below the normal
     line), MARGIN_CALL (k=1: below the warning line) and FORCED_LIQUIDATION (k=2: below the

@@ -6,8 +6,10 @@ event loop every heartbeat, delaying whatever came in meanwhile (pre-trade check
 
 import numba as nb
 
+from .common import F64, I8, I64, void
 
-@nb.njit(cache=True)
+
+@nb.njit(void(I8, I64, I64, F64), cache=True)
 def tier_totals(reported, liabilities, counts, debt):
     """Accounts and liabilities (summed as float64, in account order) per reported tier code
     0..len(counts)-1 into `counts` / `debt`; other codes (unset) are skipped."""

@@ -114,17 +114,11 @@ def test_no_import_cycles():
             visit(m)
 
 
-# the shared tier helpers of kernels/ratios.py move to one public module next
-KERNEL_HELPERS_BEING_MOVED = {"kernels.ratios._line_mode", "kernels.ratios._next_tier_bf",
-                              "kernels.ratios._tiers"}
-
-
 def test_no_private_name_imported_across_modules():
     files = [*MODULES.values(), *(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").glob("*.py")]
     bad = [f"{p.relative_to(ROOT)}:{line}: {target}.{n}" for p in files
            for target, names, line in _imports(p) for n in names
-           if n.startswith("_") and n != "__version__"
-           and f"{target}.{n}" not in KERNEL_HELPERS_BEING_MOVED]
+           if n.startswith("_") and n != "__version__"]
     assert not bad, "\n".join(bad)
 
 

@@ -158,6 +158,11 @@ class Engine:
         """Queue validated ticks (dense security indices, money-unit prices, ns timestamps)."""
         n = sec.shape[0]
         if n:
+            # the kernel's dtypes are the feed's (TickBatch: int32 sec, int64 price and ts),
+            # which pass uncopied; other callers' arrays are converted here
+            sec = np.ascontiguousarray(sec, dtype=np.int32)
+            price = np.ascontiguousarray(price, dtype=np.int64)
+            ts = np.ascontiguousarray(ts, dtype=np.int64)
             self._n_pending = conflate(sec, price, ts, n, self._pending_price, self._pending_ts,
                                        self._pending_flag, self._pending_list, self._n_pending)
             self._pending_ticks += n

@@ -132,7 +132,7 @@ class FullPath:
         self.short_mv = np.zeros(n, dtype=np.int64)
         self.reported = np.full(n, u.UNSET_TIER, dtype=np.int8)
         self.candidate = np.zeros(n, dtype=np.int8)
-        self.changed = np.zeros(n, dtype=np.int32)
+        self.changed = np.zeros(n, dtype=np.int64)
         self.previous = np.zeros(n, dtype=np.int8)
         self.step([], [])
 
@@ -159,13 +159,13 @@ class IncrementalPath:
         self.short_mv = full.short_mv.copy()
         self.reported = full.reported.copy()
         self.mark = np.zeros(n, dtype=np.uint8)
-        self.touched = np.zeros(n, dtype=np.int32)
-        self.changed = np.zeros(n, dtype=np.int32)
+        self.touched = np.zeros(n, dtype=np.int64)
+        self.changed = np.zeros(n, dtype=np.int64)
         self.previous = np.zeros(n, dtype=np.int8)
 
     def step(self, secs, prices):
         b, h = self.book, self.h
-        secs = np.asarray(secs, dtype=np.int32)
+        secs = np.asarray(secs, dtype=np.int64)
         prices = np.asarray(prices, dtype=np.int64)
         k = apply_price_changes(secs, prices, secs.shape[0], self.price, h.long_hptr,
                                 h.long_hacct, h.long_hqty, h.short_hptr, h.short_hacct,

@@ -59,7 +59,7 @@ def bulk_figures(book: Book) -> dict:
     sweep_tiers(book.price, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr, h.short_sec,
                 h.short_qty, h.base_assets, h.base_liabilities, book.profile_of,
                 book.profile_lines, u.DEFAULT_HYSTERESIS_BP, lm2, sm2, reported, candidate)
-    changed = np.zeros(n, dtype=np.int32)
+    changed = np.zeros(n, dtype=np.int64)
     previous = np.zeros(n, dtype=np.int8)
     k = collect_changes(candidate, reported, previous, changed)
     amb = np.zeros(n, dtype=np.float64)
@@ -264,10 +264,10 @@ def test_reference_at_moved_prices():
     secs = rng.choice(book.n_securities, size=book.n_securities // 2, replace=False)
     new = np.array([rng.integers(down[s] // 10, up[s] // 10 + 1) * 10 for s in secs],
                    dtype=np.int64)
-    mark = np.zeros(book.n_accounts, dtype=np.int8)
-    touched = np.zeros(book.n_accounts, dtype=np.int32)
+    mark = np.zeros(book.n_accounts, dtype=np.uint8)
+    touched = np.zeros(book.n_accounts, dtype=np.int64)
     h = st.h
-    apply_price_changes(secs.astype(np.int32), new, len(secs), st.price, h.long_hptr,
+    apply_price_changes(secs.astype(np.int64), new, len(secs), st.price, h.long_hptr,
                         h.long_hacct, h.long_hqty, h.short_hptr, h.short_hacct, h.short_hqty,
                         st.long_mv, st.short_mv, mark, touched)
     prices = {book.symbols[s]: D(int(p)) / u.MONEY_SCALE for s, p in zip(secs, new, strict=True)}

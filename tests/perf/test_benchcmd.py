@@ -28,7 +28,7 @@ def _cli() -> list[str]:
 def test_bench_quick(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([*_cli(), "bench", "--quick", "--output", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rep = json.loads((out / "report.json").read_text())
     assert rep["quick"] is True

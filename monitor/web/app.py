@@ -747,7 +747,8 @@ class AlertServer:
 
     async def _body(self, request: Request) -> bytes:
         """The request body, at most ``max_body_bytes`` (else 413, counted ``too_large``)."""
-        cap = self.limits.max_body_bytes
+        stats = request.scope.get("mm.stats")
+        cap = (stats or self).limits.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cap:
             raise _Refused(self._too_large(request.scope))
@@ -763,7 +764,10 @@ class AlertServer:
         return b"".join(chunks)
 
     def _too_large(self, scope: dict) -> Response:
-        cap = self.limits.max_body_bytes
+        stats = scope.get("mm.stats")
+        cap = (stats or self).limits.max_body_bytes
+        if stats is not None:  # the pre-trade listener counts its own
+            return stats.refusal(scope, 413, "too_large", f"body over {cap} bytes")
         self.refuse("too_large")
         scope["mm.close"] = True
         return Response(orjson.dumps({"error": f"body over {cap} bytes", "code": "too_large"}),
@@ -876,6 +880,7 @@ class _Edge:
         if kind != "http":
             return
         if self.kind == "pretrade":
+            scope["mm.stats"] = self.stats
             refusal = self._pretrade_head(scope)
             if refusal is not None:
                 await _respond(refusal, scope, receive, self._sender(scope, send))
@@ -902,7 +907,7 @@ class _Edge:
             return stats.refusal(scope, 404, "not_found", "no such endpoint")
         if scope["method"] != "POST":
             return stats.refusal(scope, 405, "method", "only POST", {"Allow": "POST"})
-        cap = server.limits.max_body_bytes
+        cap = stats.limits.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > cap:
                 return stats.refusal(scope, 413, "too_large", f"body over {cap} bytes")

@@ -344,6 +344,7 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
             try:
                 if self.conn.our_state is h11.SEND_RESPONSE or self.conn.our_state is h11.IDLE:
                     if not lst.main:
+                        lst.requests[status] += 1
                         self.transport.write(_error_bytes(status, why, "bad_request"))
                     elif not (status == 400 and self.conn.not_http):
                         self.transport.write(_plain_bytes(status, _PHRASES.get(status, "Bad "

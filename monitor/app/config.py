@@ -18,7 +18,12 @@ holidays = ["2026-10-01"]
 spill_dir = "spill"
 state_dir = "state"              # optional: periodic snapshots; a restart resumes from them
 audit_dir = "audit"              # optional: audit records and the end-of-day snapshot
-pretrade_listen = "127.0.0.1:8766"   # optional: keep-alive POST /api/pretrade (port 0: free)
+pretrade_listen = "127.0.0.1:8766"   # optional: POST /api/pretrade on a port of its own too
+max_tcp_connections = 512        # the edge's limits (docs/security.md); these are the defaults
+max_connections_per_client = 64
+head_timeout_s = 5.0             # a whole request within this, else closed (slowloris)
+keep_alive_s = 5.0               # an idle kept-alive connection is closed after this
+max_body_bytes = 16384           # POST bodies over this: 413
 desk_event_bytes = 268435456     # the risk desk's memory of recent events (256 MiB)
 
 [patterns.round_trips]           # trading-pattern rules, see docs/reports-and-audit.md
@@ -68,12 +73,18 @@ class RunConfig:
     stale_feed_s: float = 5.0  # no tick for this long: the summary says the feed is stale
     max_connections: int = 64
     ws_client_queue: int = 10_000  # frames queued per websocket client before it is dropped
+    # the HTTP edge's limits (monitor/web/limits.py, docs/security.md)
+    max_tcp_connections: int = 512
+    max_connections_per_client: int = 64
+    head_timeout_s: float = 5.0
+    keep_alive_s: float = 5.0
+    max_body_bytes: int = 16 * 1024
     tls_cert: str | None = None
     tls_key: str | None = None
     # trading-pattern watch rules ([patterns] table; monitor/patterns.py, reports-and-audit.md)
     patterns: dict = field(default_factory=dict)
     audit_dir: str | None = None  # audit records, intraday minimum, end-of-day snapshot
-    # keep-alive pre-trade listener (monitor/pretrade_http.py, credit-controls.md); off if unset
+    # the pre-trade listener alias (monitor/web/pretrade.py, credit-controls.md); off if unset
     pretrade_listen: str | None = None
     pretrade_max_connections: int = 256
     pretrade_idle_timeout_s: float = 30.0

@@ -3,7 +3,8 @@
     feed task      feed.batches() -> engine.add_ticks()            (conflates; cheap)
     cycle task     engine.cycle() -> outbox.publish(), server.broadcast()   (never awaits I/O)
     outbox task    Redis XADD pipelines, outage buffering and spill         (monitor/outbox.py)
-    server         /ws/alerts, /healthz, /metrics, the risk desk (/ and /api/) (monitor/server.py)
+    server         /ws/alerts, /healthz, /metrics, the risk desk (/ and /api/), POST
+                   /api/pretrade: Starlette on uvicorn (monitor/web/server.py)
     heartbeat      summary every second to Redis and to websocket clients
     desk           indexes published events, samples ratio histories on the heartbeat,
                    answers the desk's queries on this loop (monitor/desk.py)
@@ -43,7 +44,7 @@ from monitor.core.pretrade import PretradeService
 from monitor.core.state import MarginState
 from monitor.desk.readmodel import Desk, FileAckStore, RedisAckStore
 from monitor.web import STATIC_DIR
-from monitor.web.pretrade_http import start_listener
+from monitor.web.pretrade import start_listener
 from monitor.web.server import AlertServer
 
 log = logging.getLogger("monitor")
@@ -281,10 +282,15 @@ class Monitor:
                                   client_queue=self.cfg.ws_client_queue,
                                   static_dir=STATIC_DIR, api=self.desk.api, rpc=self.desk.rpc,
                                   ssl=self.cfg.ssl_context(),
-                                  post=self.pretrade.http)  # /api/pretrade
+                                  post=self.pretrade.http,  # /api/pretrade
+                                  max_tcp_connections=self.cfg.max_tcp_connections,
+                                  max_connections_per_client=self.cfg.max_connections_per_client,
+                                  open_timeout=self.cfg.head_timeout_s,
+                                  keep_alive_s=self.cfg.keep_alive_s,
+                                  max_body_bytes=self.cfg.max_body_bytes)
         self.desk.notify = self.server.broadcast_notice
         self.bound = await self.server.start()
-        self.pretrade_listener = await start_listener(self.cfg, self.pretrade, token,
+        self.pretrade_listener = await start_listener(self.cfg, self.pretrade, self.server,
                                                       self.metrics.registry)
         log.info("alerts on ws://%s:%d/ws/alerts (risk desk http://%s:%d/, health /healthz, "
                  "metrics /metrics)", *self.bound, *self.bound)

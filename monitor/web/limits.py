@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import email.utils
+import http
 import logging
 import re
 import time
@@ -41,13 +43,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
-from h11 import _readers as h11_readers
+import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from .logs import http_log, quiet_protocol_log, ws_log
+from monitor.errors import ConfigError
+from monitor.web.logs import http_log, quiet_protocol_log, ws_log
 
-log = logging.getLogger("monitor.server")
+log = logging.getLogger("monitor.web.server")
 
 CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("monitor_web_connection",
                                                                 default=None)
@@ -67,15 +70,16 @@ class Limits:
     max_body_bytes: int = 16 * 1024  # 413 beyond
 
     def check(self) -> None:
+        """Raise ConfigError naming the first unusable limit."""
         for name in ("max_tcp_connections", "max_connections_per_client", "max_request_line",
                      "max_headers", "max_head_bytes", "max_body_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: a whole number >= 1, got {v!r}")
+                raise ConfigError(f"{name}: a whole number >= 1, got {v!r}")
         for name in ("head_timeout_s", "keep_alive_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86_400:
-                raise ValueError(f"{name}: seconds in (0, 86400], got {v!r}")
+                raise ConfigError(f"{name}: seconds in (0, 86400], got {v!r}")
 
 
 class Listener:
@@ -127,14 +131,22 @@ class Listener:
 
 
 _NOT_A_LINE = re.compile(rb"[^\x20-\x7e\r]")  # a byte no request line holds
+# RFC 9110/9112, as h11 spells them (h11/_abnf.py)
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_VCHAR = rb"[\x21-\x7e\x80-\xff]"
+_REQUEST_LINE = re.compile(rb"(?P<method>" + _TOKEN + rb") (?P<target>[\x21-\x7e]+) "
+                           rb"HTTP/(?P<http_version>[0-9]\.[0-9])")
+_HEADER = re.compile(rb"(?P<name>" + _TOKEN + rb"):[ \t]*(?P<value>(?:" + _VCHAR +
+                     rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?)[ \t]*")
 
 
 class _Request(h11.Connection):
     """h11's server connection with the edge's head limits and (optionally) a lenient Host.
 
-    The reader of a request head (h11's ``maybe_read_from_IDLE_client``) is replaced by
-    :meth:`_read_head`, the same parse with the limits checked first; the last protocol error
-    is kept for the answer's status (uvicorn's own answer is always 400)."""
+    The reader of a request head (h11's ``maybe_read_from_IDLE_client``, chosen by h11's one
+    hook for it, ``_get_io_object``) is replaced by :meth:`_read_head`: the same parse with the
+    limits checked first; the last protocol error is kept for the answer's status (uvicorn's
+    own answer is always 400). tests/test_web_redteam.py pins what this depends on."""
 
     def __init__(self, limits: Limits, lenient_host: bool) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
@@ -144,10 +156,9 @@ class _Request(h11.Connection):
         self.not_http = False  # the first line is no HTTP request line at all
 
     def _get_io_object(self, role, event, io_dict):  # noqa: ANN001 - h11's signature
-        obj = super()._get_io_object(role, event, io_dict)
-        if obj is h11_readers.maybe_read_from_IDLE_client:
+        if role is h11.CLIENT and self.their_state is h11.IDLE:
             return self._read_head
-        return obj
+        return super()._get_io_object(role, event, io_dict)
 
     def next_event(self):
         try:
@@ -175,16 +186,37 @@ class _Request(h11.Connection):
             raise h11.RemoteProtocolError("request line too long", error_status_hint=414)
         if len(lines) - 1 > lim.max_headers:
             raise h11.RemoteProtocolError("too many header lines", error_status_hint=431)
-        m = h11_readers.request_line_re.fullmatch(lines[0])
+        if sum(len(line) + 2 for line in lines) > lim.max_head_bytes:
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+        m = _REQUEST_LINE.fullmatch(lines[0])
         if m is None:
             self.not_http = True
             raise h11.LocalProtocolError("illegal request line")
-        headers = list(h11_readers._decode_header_lines(lines[1:]))
+        headers = _header_fields(lines[1:])
         if self._lenient:
             hosts = sum(1 for name, _ in headers if name.lower() == b"host")
             if hosts != 1:  # none or repeated: passed on empty, trusted by nothing
                 headers = [h for h in headers if h[0].lower() != b"host"] + [(b"host", b"")]
-        return h11.Request(headers=headers, _parsed=True, **m.groupdict())
+        return h11.Request(method=m["method"], target=m["target"],
+                           http_version=m["http_version"], headers=headers)
+
+
+def _header_fields(lines: list[bytearray]) -> list[tuple[bytes, bytes]]:
+    """(name, value) of each header line; an obsolete folded line joins the one before (as
+    h11 does); a line that is no header field is a protocol error."""
+    out: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not out:
+                raise h11.LocalProtocolError("continuation line at start of headers")
+            name, value = out[-1]
+            out[-1] = (name, value + b" " + bytes(line).strip(b" \t"))
+            continue
+        m = _HEADER.fullmatch(line)
+        if m is None:
+            raise h11.LocalProtocolError(f"illegal header line {bytes(line)[:40]!r}")
+        out.append((m["name"], m["value"]))
+    return out
 
 
 def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOProtocol]]:
@@ -193,7 +225,7 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
 
     class WebSocketProtocol(WebSocketsSansIOProtocol):
         """websockets' sans-I/O protocol; keeps the TCP slot of the connection it upgraded,
-        logs through ``monitor.server.websockets`` (redacted) and closes after
+        logs through ``monitor.web.server.websockets`` (redacted) and closes after
         ``close_timeout`` when a peer does not answer a close."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -360,8 +392,6 @@ _PHRASES = {400: "Bad request.\n", 414: "Request line too long.\n",
 
 
 def _status_line(status: int) -> bytes:
-    import http
-
     try:
         phrase = http.HTTPStatus(status).phrase
     except ValueError:
@@ -370,8 +400,6 @@ def _status_line(status: int) -> bytes:
 
 
 def _date() -> bytes:
-    import email.utils
-
     return email.utils.formatdate(time.time(), usegmt=True).encode()
 
 
@@ -384,8 +412,6 @@ def _plain_bytes(status: int, text: str) -> bytes:
 
 
 def _error_bytes(status: int, why: str, code: str, retry_after: int | None = None) -> bytes:
-    import orjson
-
     body = orjson.dumps({"error": why[:200], "code": code})
     extra = b"retry-after: %d\r\n" % retry_after if retry_after is not None else b""
     return (_status_line(status) + b"date: " + _date() + b"\r\nserver: margin-monitor\r\n"

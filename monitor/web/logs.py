@@ -1,8 +1,9 @@
 """The edge's loggers, and the filter that keeps credentials out of every line they write.
 
 uvicorn's protocols and websockets' handshake parser log request lines and headers (websockets
-at DEBUG, uvicorn's websocket accept line at INFO); both are pointed at ``monitor.server.http``
-and ``monitor.server.websockets`` (monitor/web/limits.py), whose records pass
+at DEBUG, uvicorn's websocket accept line at INFO); both are pointed at
+``monitor.web.server.http`` and ``monitor.web.server.websockets`` (monitor/web/limits.py),
+whose records pass
 :class:`RedactSecrets`: ``token=`` query values (also with the name percent-encoded, as
 ``%74oken=``), ``Authorization`` values, ``Cookie`` / ``Set-Cookie`` values and the desk's
 session cookie, and every registered secret (the tokens, the session value) wherever it
@@ -15,8 +16,8 @@ import logging
 import re
 from urllib.parse import quote
 
-http_log = logging.getLogger("monitor.server.http")
-ws_log = logging.getLogger("monitor.server.websockets")
+http_log = logging.getLogger("monitor.web.server.http")
+ws_log = logging.getLogger("monitor.web.server.websockets")
 
 # t o k e n =, each letter plain or percent-encoded (either case of the letter and of the hex)
 _TOKEN_NAME = "".join(f"(?:{c}|%{ord(c):02x}|%{ord(c.upper()):02x})" for c in "token")
@@ -97,8 +98,8 @@ class _QuietProtocol(logging.Filter):
 
 
 REDACT = RedactSecrets()
-_LOGGERS = ("monitor.server", "monitor.server.http", "monitor.server.websockets",
-            "monitor.pretrade", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_LOGGERS = ("monitor.web.server", "monitor.web.server.http", "monitor.web.server.websockets",
+            "monitor.web.pretrade", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
 def install() -> None:

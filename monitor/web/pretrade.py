@@ -1,10 +1,10 @@
 """``--pretrade-listen``: a second listener of the monitor's one application, restricted to
 ``POST /api/pretrade``.
 
-The main port answers the pre-trade check with keep-alive connections itself (monitor/web/app.py);
-this alias stays for deployments that give the order path its own port (its own connection cap
-and firewall rule). It is a second ``uvicorn.Server`` serving the same Starlette application
-behind an edge in ``pretrade`` mode: only ``POST /api/pretrade`` with an
+The main port answers the pre-trade check with keep-alive connections itself
+(monitor/web/server.py); this alias stays for deployments that give the order path its own port
+(its own connection cap and firewall rule). It is a second ``uvicorn.Server`` serving the same
+Starlette application behind an edge in ``pretrade`` mode: only ``POST /api/pretrade`` with an
 ``Authorization: Bearer`` header (no desk cookie, no ``?token=``), no websockets, a body cap
 (413), a connection cap (503 with ``Retry-After``, then closed) and an idle timeout (a kept-alive
 connection unused that long is closed; a request not whole within it is refused).
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.responses import Response
 
-from .limits import Limits, Listener
+from monitor.web.limits import Limits, Listener
 
 if TYPE_CHECKING:
-    from .app import AlertServer
+    from monitor.web.server import AlertServer
 
-log = logging.getLogger("monitor.pretrade")
+log = logging.getLogger("monitor.web.pretrade")
 
 REFUSALS = ("auth", "too_large", "bad_request", "not_found", "method", "full", "idle_timeout")
 _REASON = {"tcp_full": "full", "client_full": "full", "handshake_timeout": "idle_timeout"}
@@ -79,7 +79,7 @@ class PretradeListener:
         return self.listener.idle_closed
 
     async def start(self) -> tuple[str, int]:
-        from .app import _is_loopback, serve
+        from monitor.web.server import is_loopback, serve
 
         self._uv, self.bound = await serve(self.server.app_for("pretrade", self), self.listener,
                                            self.host, self.port, ssl=self._ssl)
@@ -90,7 +90,7 @@ class PretradeListener:
         log.info("pre-trade listener on %s://%s:%d/api/pretrade (keep-alive, at most %d "
                  "connections, idle timeout %gs)", scheme, shown, port, self.max_connections,
                  self.idle_timeout_s)
-        if not _is_loopback(host) and self._ssl is None:
+        if not is_loopback(host) and self._ssl is None:
             log.warning("pre-trade listener bound to non-loopback address %s without TLS: "
                         "tokens travel in clear text", host)
         return self.bound
@@ -199,9 +199,14 @@ async def start_listener(cfg, service, server: AlertServer,
 
 
 def check_config(cfg) -> None:
-    """Raise ConfigError for unusable pre-trade listener settings (before anything starts)."""
-    from ..config import ConfigError
+    """Raise ConfigError for unusable edge or pre-trade listener settings (before anything
+    starts)."""
+    from monitor.errors import ConfigError
 
+    Limits(max_tcp_connections=cfg.max_tcp_connections,
+           max_connections_per_client=cfg.max_connections_per_client,
+           head_timeout_s=cfg.head_timeout_s, keep_alive_s=cfg.keep_alive_s,
+           max_body_bytes=cfg.max_body_bytes).check()
     if cfg.pretrade_listen:
         cfg.pretrade_host_port  # noqa: B018 - validates HOST:PORT
     n, t = cfg.pretrade_max_connections, cfg.pretrade_idle_timeout_s

@@ -7,7 +7,7 @@ redis = "redis://127.0.0.1:6379/0"   # optional; passwords and rediss:// support
 alerts_stream = "margin:alerts"
 alerts_maxlen = 1000000
 listen = "127.0.0.1:8765"        # port 0 picks a free port
-token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN in the environment
+token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN; one token, or NAME ROLE TOKEN lines
 tls_cert = "secrets/cert.pem"    # optional: serve https:// and wss:// (with tls_key)
 tls_key = "secrets/key.pem"
 hysteresis = "0.005"             # 0.5 percentage points
@@ -46,6 +46,7 @@ from pathlib import Path
 
 from monitor.errors import ConfigError
 from monitor.settings import read_toml
+from monitor.web.auth import NamedToken, parse_tokens
 
 
 @dataclass(slots=True)
@@ -60,6 +61,7 @@ class RunConfig:
     listen: str = "127.0.0.1:8765"
     token_file: str | None = None
     token: str = field(default="", repr=False)
+    tokens: list = field(default_factory=list, repr=False)  # resolve_tokens(): NamedToken list
     until_feed_ends: bool = False
     hysteresis: str = "0.005"
     sweep_share: float = 0.08
@@ -88,6 +90,10 @@ class RunConfig:
     pretrade_listen: str | None = None
     pretrade_max_connections: int = 256
     pretrade_idle_timeout_s: float = 30.0
+    # the liquidator's approvals and kill switch, over HTTP (docs/liquidation.md): its Redis
+    # (default: `redis`) and key prefix
+    liquidator_redis: str | None = None
+    liquidator_key_prefix: str = "margin:liq"
     credit: dict = field(default_factory=dict)  # [credit] table: monitor/credit.py CreditConfig
     desk_event_bytes: int = 256 * 2**20  # the risk desk's event memory (docs/risk-desk.md)
 
@@ -136,20 +142,30 @@ class RunConfig:
         return host.strip("[]") or "127.0.0.1", p
 
     def resolve_token(self) -> str:
-        """Token from the token file, else MARGIN_MONITOR_TOKEN, else a fresh random one."""
+        """Token from the token file, else MARGIN_MONITOR_TOKEN, else a fresh random one (a
+        file of named tokens: its first)."""
         if self.token:
             return self.token
-        if self.token_file:
+        return self.resolve_tokens()[0].token
+
+    def resolve_tokens(self) -> list:
+        """The accepted tokens (monitor/web/auth.py ``NamedToken``): the token file's (one bare
+        token, or ``NAME ROLE TOKEN`` lines, docs/security.md), else the one token of
+        ``token``, MARGIN_MONITOR_TOKEN or a fresh random one (an unnamed approver)."""
+        if self.tokens:
+            return self.tokens
+        if self.token_file and not self.token:
             try:
-                tok = Path(self.token_file).read_text().strip()
+                text = Path(self.token_file).read_text()
             except OSError as e:
                 raise ConfigError(f"token_file: cannot read it: {e.strerror}") from None
-            if len(tok) < 16:
-                raise ConfigError("token_file: the token must be at least 16 characters")
-            self.token = tok
+            self.tokens = parse_tokens(text, "token_file")
         else:
-            self.token = os.environ.get("MARGIN_MONITOR_TOKEN") or secrets.token_urlsafe(24)
-        return self.token
+            tok = (self.token or os.environ.get("MARGIN_MONITOR_TOKEN")
+                   or secrets.token_urlsafe(24))
+            self.tokens = [NamedToken("token", "approver", tok, named=False)]
+        self.token = self.tokens[0].token
+        return self.tokens
 
     def ssl_context(self):
         """The server-side TLS context of ``tls_cert`` / ``tls_key`` (PEM), or None without
@@ -175,7 +191,8 @@ class RunConfig:
 def load_config(path: str | None, overrides: dict) -> RunConfig:
     cfg = RunConfig()
     if path:
-        for key, v in read_toml(path, {f.name for f in fields(RunConfig)} - {"token"}).items():
+        known = {f.name for f in fields(RunConfig)} - {"token", "tokens"}
+        for key, v in read_toml(path, known).items():
             setattr(cfg, key, v)
     for k, v in overrides.items():
         if v is not None:

@@ -43,6 +43,7 @@ from monitor.core.patterns import PatternConfig
 from monitor.core.pretrade import PretradeService
 from monitor.core.state import MarginState
 from monitor.desk.readmodel import Desk, FileAckStore, RedisAckStore
+from monitor.liquidator.control import LiquidationControl
 from monitor.web import STATIC_DIR
 from monitor.web.pretrade import start_listener
 from monitor.web.server import AlertServer
@@ -87,6 +88,7 @@ class Monitor:
         self.audit: AuditLog | None = None  # created by run() when cfg.audit_dir is set
         self.pretrade = PretradeService(self.engine)  # POST /api/pretrade on both ports
         self.pretrade_listener = None  # keep-alive listener (cfg.pretrade_listen)
+        self.control = None  # the liquidator's LiquidationControl, when there is a Redis
 
     # ------------------------------------------------------------------ tasks
     async def _events_loop(self) -> None:
@@ -265,7 +267,7 @@ class Monitor:
         t0 = time.perf_counter()
         warm_up()
         log.info("kernels ready in %.2fs", time.perf_counter() - t0)
-        token = self.cfg.resolve_token()
+        tokens = self.cfg.resolve_tokens()
         if self.redis_url:
             self.outbox = self.outbox_factory(self.redis_url, stream=self.cfg.alerts_stream,
                                       maxlen=self.cfg.alerts_maxlen,
@@ -275,7 +277,11 @@ class Monitor:
                            else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
         acks_loaded = await self.desk.load_acks()
         host, port = self.cfg.host_port
-        self.server = AlertServer(host=host, port=port, token=token,
+        control_redis = self.cfg.liquidator_redis or self.redis_url
+        if control_redis:  # the liquidator's approvals and kill switch, over HTTP
+            self.control = LiquidationControl(control_redis,
+                                              key_prefix=self.cfg.liquidator_key_prefix)
+        self.server = AlertServer(host=host, port=port, tokens=tokens, control=self.control,
                                   snapshot=lambda: self.engine.open_breaches(time.time_ns()),
                                   health=self.health, registry=self.metrics.registry,
                                   max_connections=self.cfg.max_connections,
@@ -346,6 +352,9 @@ class Monitor:
                 t.cancel()
             if self.desk.store is not None:
                 await self.desk.store.aclose()
+            if self.control is not None:
+                with contextlib.suppress(Exception):
+                    await self.control.aclose()
         return 0
 
     async def _load_acks_loop(self) -> None:

@@ -35,6 +35,12 @@ Routes
 ``POST /api/<name>`` (token required; only with ``post``)
     ``post(path, body)`` with the JSON body (at most ``max_body_bytes``, else 413): the
     pre-trade check ``/api/pretrade``. A desk cookie alone must come from the same origin.
+``GET /api/whoami`` (token required)
+    ``{"name", "role", "may", "named", "control"}``: who the request authenticated as (the desk
+    hides what the role may not do).
+``/api/approvals``, ``/api/approvals/approve|reject``, ``/api/kill-switch`` (token required)
+    The liquidator's approvals list and kill switch (monitor/web/control.py; only with
+    ``control``): reading them takes any role, changing them ``approver``.
 ``/logout``
     Clears the desk's session cookie and redirects to ``/``.
 anything else
@@ -50,9 +56,13 @@ the end keep working. A refused request always closes its connection.
 Authentication (monitor/web/auth.py): ``Authorization: Bearer <token>``, ``?token=<token>`` (the
 query form is for browsers, whose websocket API cannot set headers; it can end up in proxy
 logs, so prefer the header), or the desk's session cookie; every credential given must be
-right. A missing or wrong token gets HTTP 401 and nothing else (for the desk page itself, a 401
-whose body is a token form: no data, no script). Tokens are redacted from every log line
-(monitor/web/logs.py).
+right. Named tokens (``tokens``) carry a role: ``viewer`` reads, ``operator`` also
+acknowledges (the ``ack`` request message), ``approver`` also decides liquidation plans and
+flips the kill switch; what a role may not do is refused (403, or a REPLY with
+``code: forbidden``; counted ``forbidden``), and what it does is recorded under the token's
+name. One bare ``token`` is an unnamed approver, as before roles. A missing or wrong token gets
+HTTP 401 and nothing else (for the desk page itself, a 401 whose body is a token form: no data,
+no script). Tokens are redacted from every log line (monitor/web/logs.py).
 
 Desk session: opening ``/`` (or ``/index.html``) with a valid token sets an ``HttpOnly``,
 ``SameSite=Strict`` cookie ``mm_desk_<port>`` holding an HMAC of the token (never the token), so
@@ -70,16 +80,16 @@ to date. Beyond ``max_connections`` websocket clients (open or handshaking) new 
 
 Refusals (docs/security.md): every refused request or connection is counted by reason in
 ``stats()["refused"]`` and in ``/metrics`` as ``mm_server_refused_total{reason=...}``: ``auth``
-(missing or wrong token), ``cross_origin``, ``full`` (websocket cap), ``tcp_full`` (beyond
-``max_tcp_connections`` open TCP connections of any kind: closed at once), ``client_full``
-(beyond ``max_connections_per_client`` from one address: closed at once), ``oversize`` (inbound
-message over ``max_message_bytes``: 1009), ``flood`` (a client sending more than
-``max_inbound_per_s`` messages per second, bursts of twice that: closed 1008), ``traversal`` (a
-static path that resolves outside ``static_dir``, or holds NUL or a backslash: 404),
-``not_found`` (404), ``too_large`` (a request body over ``max_body_bytes``: 413),
-``bad_request`` (a method other than GET and POST: 405; unparsable HTTP/1.1: 400, request line
-too long: 414, header lines too many or too long: 431, not HTTP at all: closed) and
-``handshake_timeout`` (no complete request within ``open_timeout``).
+(missing or wrong token), ``forbidden`` (the token's role may not), ``cross_origin``, ``full``
+(websocket cap), ``tcp_full`` (beyond ``max_tcp_connections`` open TCP connections of any kind:
+closed at once), ``client_full`` (beyond ``max_connections_per_client`` from one address:
+closed at once), ``oversize`` (inbound message over ``max_message_bytes``: 1009), ``flood`` (a
+client sending more than ``max_inbound_per_s`` messages per second, bursts of twice that:
+closed 1008), ``traversal`` (a static path that resolves outside ``static_dir``, or holds NUL
+or a backslash: 404), ``not_found`` (404), ``too_large`` (a request body over
+``max_body_bytes``: 413), ``bad_request`` (a method other than GET and POST: 405; unparsable
+HTTP/1.1: 400, request line too long: 414, header lines too many or too long: 431, not HTTP at
+all: closed) and ``handshake_timeout`` (no complete request within ``open_timeout``).
 """
 
 from __future__ import annotations
@@ -107,7 +117,8 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from monitor.adapters.outbox import encode_event
-from monitor.web.auth import Credentials, Principal
+from monitor.web.auth import ROLES, Credentials, NamedToken, Principal
+from monitor.web.control import GET_ROUTES, POST_ROUTES, ControlRoutes
 from monitor.web.limits import CURRENT, Limits, Listener, protocols
 from monitor.web.logs import REDACT
 from monitor.web.logs import install as install_log_filters
@@ -120,8 +131,11 @@ WS_PATH = "/ws/alerts"
 MAX_STATIC_BYTES = 16 << 20
 MAX_NAME = 255  # a longer path component is no file name (ENAMETOOLONG): 404, counted
 PAGES = ("/", "/index.html")  # the desk page: sets the session cookie, 401 is a token form
-REFUSALS = ("auth", "cross_origin", "full", "tcp_full", "client_full", "oversize", "flood",
-            "traversal", "not_found", "too_large", "bad_request", "handshake_timeout")
+REFUSALS = ("auth", "forbidden", "cross_origin", "full", "tcp_full", "client_full", "oversize",
+            "flood", "traversal", "not_found", "too_large", "bad_request", "handshake_timeout")
+OP_NEEDS = {"ack": "ack"}  # websocket request ops and the permission each needs (else "read")
+POST_NEEDS = {"/api/approvals/approve": "approve", "/api/approvals/reject": "approve",
+              "/api/kill-switch": "approve"}  # POST routes and theirs (else "read")
 _SECURITY_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
                      (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"))
 
@@ -167,7 +181,7 @@ class AlertServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        token: str,
+        token: str | None = None,
         snapshot: Callable[[], Iterable[Mapping[str, Any]]],
         health: Callable[[], Mapping[str, Any]],
         registry: Any = None,
@@ -188,14 +202,17 @@ class AlertServer:
         max_connections_per_client: int = 64,
         keep_alive_s: float = 5.0,
         max_body_bytes: int = 16 * 1024,
+        tokens: list[NamedToken] | None = None,
+        control: Any = None,
     ) -> None:
-        if not token:
-            raise ValueError("AlertServer needs a non-empty token")
+        if not token and not tokens:
+            raise ValueError("AlertServer needs a non-empty token (or named tokens)")
         if client_queue < 1 or max_connections < 1:
             raise ValueError("client_queue and max_connections must be >= 1")
         self.host = host
         self.port = port
-        self._creds = Credentials(token)
+        self._creds = Credentials(token, tokens=tokens)  # tokens: named, with roles
+        self._control = ControlRoutes(control)  # the liquidator's approvals and kill switch
         self._snapshot = snapshot
         self._health = health
         self._registry = registry
@@ -597,6 +614,16 @@ class AlertServer:
         if not (req is None or isinstance(req, int) and not isinstance(req, bool)
                 or isinstance(req, str) and len(req) <= 64):
             req = None
+        op = obj.get("op")
+        need = OP_NEEDS.get(op, "read") if isinstance(op, str) else "read"
+        if not c.principal.may(need):
+            self.refuse("forbidden")
+            self._enqueue(c, encode_event({
+                "kind": "REPLY", "req": req, "ok": False, "code": "forbidden",
+                "error": f"the {c.principal.role} role may not {_VERB.get(need, need)}"}).decode())
+            return
+        if c.principal.named:  # who did it is the token's name, whatever the client says
+            obj = {**obj, "by": c.principal.name}
         if self._rpc is None:
             self._enqueue(c, encode_event({"kind": "REPLY", "req": req, "ok": False,
                                            "error": "this server takes no requests"}).decode())
@@ -700,11 +727,21 @@ class AlertServer:
     async def _api_route(self, request: Request) -> Response:
         if request.method == "POST":
             return await self._api_post(request)
+        path = request.scope["path"]
+        if path == "/api/whoami" or path in GET_ROUTES:
+            if isinstance(p := self._authorize(request), Response):
+                return p
+            if path == "/api/whoami":
+                return _json_response(200, {
+                    "name": p.name if p.named else None, "role": p.role,
+                    "may": sorted(ROLES[p.role]), "named": p.named,
+                    "control": self._control.control is not None})
+            status, out = await self._control.get(path)
+            return Response(out, status, media_type="application/json")
         if self._api is None:
             return await self._other(request)
         if isinstance(p := self._authorize(request), Response):
             return p
-        path = request.scope["path"]
         try:
             status, body = self._api(path, _query(request.scope))
         except Exception:  # noqa: BLE001
@@ -716,15 +753,25 @@ class AlertServer:
         """``POST /api/<name>`` with a JSON body (``post(path, body)``), token required; a desk
         cookie alone must come from the same origin (no cross-site form posts)."""
         scope = request.scope
-        if self._post is None:
+        path = scope["path"]
+        control = path in POST_ROUTES
+        if self._post is None and not control:
             return _plain(405, "Method not allowed.\n", {"Allow": "GET"})
         if isinstance(p := self._authorize(request), Response):
             return p
         if p.how == "cookie" and not _same_origin(scope):
             return self._refusal(scope, "cross_origin", 403, "Forbidden.\n")
+        need = POST_NEEDS.get(path, "read")
+        if not p.may(need):
+            self.refuse("forbidden")
+            scope["mm.close"] = True
+            return _json_response(403, {"error": f"the {p.role} role may not "
+                                                 f"{_VERB.get(need, need)}", "code": "forbidden"})
         if isinstance(body := await self._body(request), Response):
             return body
-        path = scope["path"]
+        if control:
+            status, out = await self._control.post(path, body, p)
+            return Response(out, status, media_type="application/json")
         try:
             status, out = self._post(path, body)
         except Exception:  # noqa: BLE001
@@ -1054,6 +1101,14 @@ async def serve(app: Any, listener: Listener, host: str, port: int, *, ssl: Any 
 def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
     return Response(text.encode(), status, headers=headers,
                     media_type="text/plain; charset=utf-8")
+
+
+_VERB = {"ack": "acknowledge alerts",
+         "approve": "approve or reject liquidation plans or turn the kill switch"}
+
+
+def _json_response(status: int, obj: Any) -> Response:
+    return Response(orjson.dumps(obj), status, media_type="application/json")
 
 
 def _unauthorized() -> Response:

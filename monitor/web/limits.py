@@ -160,6 +160,11 @@ class _Request(h11.Connection):
             return self._read_head
         return super()._get_io_object(role, event, io_dict)
 
+    def has_pending(self) -> bool:
+        """Whether received bytes wait unparsed (a pipelined request); O(1), unlike
+        ``trailing_data``, which copies them."""
+        return bool(self._receive_buffer)
+
     def next_event(self):
         try:
             return super().next_event()
@@ -341,7 +346,7 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
                 self._disarm()  # the request is in (or the connection is done)
 
         def on_response_complete(self) -> None:
-            self._fresh = not self.conn.trailing_data[0]
+            self._fresh = not self.conn.has_pending()
             super().on_response_complete()  # may start a pipelined request's cycle
             if self.transport.is_closing():
                 return
@@ -361,7 +366,7 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
 
         def pipelined(self) -> bool:
             """Whether bytes of a next request are already waiting."""
-            return bool(self.conn.trailing_data[0])
+            return self.conn.has_pending()
 
         # ---------------------------------------------------------------- bad HTTP
 

@@ -146,7 +146,7 @@ class _Request(h11.Connection):
     The reader of a request head (h11's ``maybe_read_from_IDLE_client``, chosen by h11's one
     hook for it, ``_get_io_object``) is replaced by :meth:`_read_head`: the same parse with the
     limits checked first; the last protocol error is kept for the answer's status (uvicorn's
-    own answer is always 400). tests/test_web_redteam.py pins what this depends on."""
+    own answer is always 400). tests/web/test_web_redteam.py pins what this depends on."""
 
     def __init__(self, limits: Limits, lenient_host: bool) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)

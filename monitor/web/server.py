@@ -559,6 +559,11 @@ class AlertServer:
             if registered:
                 log.info("alert client %s disconnected (%d clients)", peer, len(self._clients))
 
+    async def _ws_not_found(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """A websocket handshake anywhere but ``/ws/alerts``: 404, counted."""
+        self.refuse("not_found")
+        await _deny(send, 404, b"Not found.\n")
+
     async def _sender(self, c: _Client) -> None:
         send = c.send
         n = 0
@@ -651,6 +656,7 @@ class AlertServer:
             Route("/metrics", self._metrics, methods=methods),
             Route("/api/{name:path}", self._api_route, methods=methods),
             Route("/{path:path}", self._other, methods=methods),
+            WebSocketRoute("/{path:path}", _Asgi(self._ws_not_found)),
         ])
 
     def app_for(self, kind: str, stats: Any = None) -> _Edge:

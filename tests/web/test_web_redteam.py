@@ -297,3 +297,13 @@ async def test_one_client_address_is_capped(make_server):
     await asyncio.sleep(0.2)
     metrics = (await raw_get(port, "/metrics", AUTH))[2].decode()
     assert re.search(r'mm_server_refused_total\{reason="client_full"\} 1\.0', metrics)
+
+
+async def test_a_websocket_elsewhere_is_a_counted_404(make_server):
+    s, port = await make_server()
+    for path in ("/ws/other", "/ws/alerts/extra", "/"):
+        with pytest.raises(InvalidStatus) as ei:
+            async with connect(f"ws://127.0.0.1:{port}{path}", additional_headers=AUTH):
+                pass
+        assert ei.value.response.status_code == 404, path
+    assert s.stats()["refused"]["not_found"] == 3

@@ -358,6 +358,8 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
                 self._arm()  # a pipelined request not yet whole
 
         def eof_received(self) -> bool | None:
+            if self.scheme == "https":  # TLS cannot half-close: asyncio closes either way
+                return None
             if self.cycle is not None and not self.cycle.response_complete \
                     and not self.transport.is_closing():
                 self._eof = True

@@ -108,7 +108,7 @@ def _serve(cfg, book, redis_url, banner) -> int:
 
 def _check_credit_settings(cfg) -> None:
     from monitor.core.credit import CreditConfig
-    from monitor.web.pretrade_http import check_config
+    from monitor.web.pretrade import check_config
 
     CreditConfig.from_dict(cfg.credit)
     check_config(cfg)

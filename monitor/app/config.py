@@ -7,7 +7,7 @@ redis = "redis://127.0.0.1:6379/0"   # optional; passwords and rediss:// support
 alerts_stream = "margin:alerts"
 alerts_maxlen = 1000000
 listen = "127.0.0.1:8765"        # port 0 picks a free port
-token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN in the environment
+token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN; one token, or NAME ROLE TOKEN lines
 tls_cert = "secrets/cert.pem"    # optional: serve https:// and wss:// (with tls_key)
 tls_key = "secrets/key.pem"
 hysteresis = "0.005"             # 0.5 percentage points
@@ -18,7 +18,12 @@ holidays = ["2026-10-01"]
 spill_dir = "spill"
 state_dir = "state"              # optional: periodic snapshots; a restart resumes from them
 audit_dir = "audit"              # optional: audit records and the end-of-day snapshot
-pretrade_listen = "127.0.0.1:8766"   # optional: keep-alive POST /api/pretrade (port 0: free)
+pretrade_listen = "127.0.0.1:8766"   # optional: POST /api/pretrade on a port of its own too
+max_tcp_connections = 512        # the edge's limits (docs/security.md); these are the defaults
+max_connections_per_client = 64
+head_timeout_s = 5.0             # a whole request within this, else closed (slowloris)
+keep_alive_s = 5.0               # an idle kept-alive connection is closed after this
+max_body_bytes = 16384           # POST bodies over this: 413
 desk_event_bytes = 268435456     # the risk desk's memory of recent events (256 MiB)
 
 [patterns.round_trips]           # trading-pattern rules, see docs/reports-and-audit.md
@@ -41,6 +46,7 @@ from pathlib import Path
 
 from monitor.errors import ConfigError
 from monitor.settings import read_toml
+from monitor.web.auth import NamedToken, parse_tokens
 
 
 @dataclass(slots=True)
@@ -55,6 +61,7 @@ class RunConfig:
     listen: str = "127.0.0.1:8765"
     token_file: str | None = None
     token: str = field(default="", repr=False)
+    tokens: list = field(default_factory=list, repr=False)  # resolve_tokens(): NamedToken list
     until_feed_ends: bool = False
     hysteresis: str = "0.005"
     sweep_share: float = 0.08
@@ -68,15 +75,25 @@ class RunConfig:
     stale_feed_s: float = 5.0  # no tick for this long: the summary says the feed is stale
     max_connections: int = 64
     ws_client_queue: int = 10_000  # frames queued per websocket client before it is dropped
+    # the HTTP edge's limits (monitor/web/limits.py, docs/security.md)
+    max_tcp_connections: int = 512
+    max_connections_per_client: int = 64
+    head_timeout_s: float = 5.0
+    keep_alive_s: float = 5.0
+    max_body_bytes: int = 16 * 1024
     tls_cert: str | None = None
     tls_key: str | None = None
     # trading-pattern watch rules ([patterns] table; monitor/patterns.py, reports-and-audit.md)
     patterns: dict = field(default_factory=dict)
     audit_dir: str | None = None  # audit records, intraday minimum, end-of-day snapshot
-    # keep-alive pre-trade listener (monitor/pretrade_http.py, credit-controls.md); off if unset
+    # the pre-trade listener alias (monitor/web/pretrade.py, credit-controls.md); off if unset
     pretrade_listen: str | None = None
     pretrade_max_connections: int = 256
     pretrade_idle_timeout_s: float = 30.0
+    # the liquidator's approvals and kill switch, over HTTP (docs/liquidation.md): its Redis
+    # (default: `redis`) and key prefix
+    liquidator_redis: str | None = None
+    liquidator_key_prefix: str = "margin:liq"
     credit: dict = field(default_factory=dict)  # [credit] table: monitor/credit.py CreditConfig
     desk_event_bytes: int = 256 * 2**20  # the risk desk's event memory (docs/risk-desk.md)
 
@@ -125,20 +142,30 @@ class RunConfig:
         return host.strip("[]") or "127.0.0.1", p
 
     def resolve_token(self) -> str:
-        """Token from the token file, else MARGIN_MONITOR_TOKEN, else a fresh random one."""
+        """Token from the token file, else MARGIN_MONITOR_TOKEN, else a fresh random one (a
+        file of named tokens: its first)."""
         if self.token:
             return self.token
-        if self.token_file:
+        return self.resolve_tokens()[0].token
+
+    def resolve_tokens(self) -> list:
+        """The accepted tokens (monitor/web/auth.py ``NamedToken``): the token file's (one bare
+        token, or ``NAME ROLE TOKEN`` lines, docs/security.md), else the one token of
+        ``token``, MARGIN_MONITOR_TOKEN or a fresh random one (an unnamed approver)."""
+        if self.tokens:
+            return self.tokens
+        if self.token_file and not self.token:
             try:
-                tok = Path(self.token_file).read_text().strip()
+                text = Path(self.token_file).read_text()
             except OSError as e:
                 raise ConfigError(f"token_file: cannot read it: {e.strerror}") from None
-            if len(tok) < 16:
-                raise ConfigError("token_file: the token must be at least 16 characters")
-            self.token = tok
+            self.tokens = parse_tokens(text, "token_file")
         else:
-            self.token = os.environ.get("MARGIN_MONITOR_TOKEN") or secrets.token_urlsafe(24)
-        return self.token
+            tok = (self.token or os.environ.get("MARGIN_MONITOR_TOKEN")
+                   or secrets.token_urlsafe(24))
+            self.tokens = [NamedToken("token", "approver", tok, named=False)]
+        self.token = self.tokens[0].token
+        return self.tokens
 
     def ssl_context(self):
         """The server-side TLS context of ``tls_cert`` / ``tls_key`` (PEM), or None without
@@ -164,7 +191,8 @@ class RunConfig:
 def load_config(path: str | None, overrides: dict) -> RunConfig:
     cfg = RunConfig()
     if path:
-        for key, v in read_toml(path, {f.name for f in fields(RunConfig)} - {"token"}).items():
+        known = {f.name for f in fields(RunConfig)} - {"token", "tokens"}
+        for key, v in read_toml(path, known).items():
             setattr(cfg, key, v)
     for k, v in overrides.items():
         if v is not None:

@@ -3,7 +3,8 @@
     feed task      feed.batches() -> engine.add_ticks()            (conflates; cheap)
     cycle task     engine.cycle() -> outbox.publish(), server.broadcast()   (never awaits I/O)
     outbox task    Redis XADD pipelines, outage buffering and spill         (monitor/outbox.py)
-    server         /ws/alerts, /healthz, /metrics, the risk desk (/ and /api/) (monitor/server.py)
+    server         /ws/alerts, /healthz, /metrics, the risk desk (/ and /api/), POST
+                   /api/pretrade: Starlette on uvicorn (monitor/web/server.py)
     heartbeat      summary every second to Redis and to websocket clients
     desk           indexes published events, samples ratio histories on the heartbeat,
                    answers the desk's queries on this loop (monitor/desk.py)
@@ -42,8 +43,9 @@ from monitor.core.patterns import PatternConfig
 from monitor.core.pretrade import PretradeService
 from monitor.core.state import MarginState
 from monitor.desk.readmodel import Desk, FileAckStore, RedisAckStore
+from monitor.liquidator.control import LiquidationControl
 from monitor.web import STATIC_DIR
-from monitor.web.pretrade_http import start_listener
+from monitor.web.pretrade import start_listener
 from monitor.web.server import AlertServer
 
 log = logging.getLogger("monitor")
@@ -86,6 +88,7 @@ class Monitor:
         self.audit: AuditLog | None = None  # created by run() when cfg.audit_dir is set
         self.pretrade = PretradeService(self.engine)  # POST /api/pretrade on both ports
         self.pretrade_listener = None  # keep-alive listener (cfg.pretrade_listen)
+        self.control = None  # the liquidator's LiquidationControl, when there is a Redis
 
     # ------------------------------------------------------------------ tasks
     async def _events_loop(self) -> None:
@@ -264,7 +267,7 @@ class Monitor:
         t0 = time.perf_counter()
         warm_up()
         log.info("kernels ready in %.2fs", time.perf_counter() - t0)
-        token = self.cfg.resolve_token()
+        tokens = self.cfg.resolve_tokens()
         if self.redis_url:
             self.outbox = self.outbox_factory(self.redis_url, stream=self.cfg.alerts_stream,
                                       maxlen=self.cfg.alerts_maxlen,
@@ -274,17 +277,26 @@ class Monitor:
                            else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
         acks_loaded = await self.desk.load_acks()
         host, port = self.cfg.host_port
-        self.server = AlertServer(host=host, port=port, token=token,
+        control_redis = self.cfg.liquidator_redis or self.redis_url
+        if control_redis:  # the liquidator's approvals and kill switch, over HTTP
+            self.control = LiquidationControl(control_redis,
+                                              key_prefix=self.cfg.liquidator_key_prefix)
+        self.server = AlertServer(host=host, port=port, tokens=tokens, control=self.control,
                                   snapshot=lambda: self.engine.open_breaches(time.time_ns()),
                                   health=self.health, registry=self.metrics.registry,
                                   max_connections=self.cfg.max_connections,
                                   client_queue=self.cfg.ws_client_queue,
                                   static_dir=STATIC_DIR, api=self.desk.api, rpc=self.desk.rpc,
                                   ssl=self.cfg.ssl_context(),
-                                  post=self.pretrade.http)  # /api/pretrade
+                                  post=self.pretrade.http,  # /api/pretrade
+                                  max_tcp_connections=self.cfg.max_tcp_connections,
+                                  max_connections_per_client=self.cfg.max_connections_per_client,
+                                  open_timeout=self.cfg.head_timeout_s,
+                                  keep_alive_s=self.cfg.keep_alive_s,
+                                  max_body_bytes=self.cfg.max_body_bytes)
         self.desk.notify = self.server.broadcast_notice
         self.bound = await self.server.start()
-        self.pretrade_listener = await start_listener(self.cfg, self.pretrade, token,
+        self.pretrade_listener = await start_listener(self.cfg, self.pretrade, self.server,
                                                       self.metrics.registry)
         log.info("alerts on ws://%s:%d/ws/alerts (risk desk http://%s:%d/, health /healthz, "
                  "metrics /metrics)", *self.bound, *self.bound)
@@ -340,6 +352,9 @@ class Monitor:
                 t.cancel()
             if self.desk.store is not None:
                 await self.desk.store.aclose()
+            if self.control is not None:
+                with contextlib.suppress(Exception):
+                    await self.control.aclose()
         return 0
 
     async def _load_acks_loop(self) -> None:

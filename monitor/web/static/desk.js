@@ -4,6 +4,11 @@
  * REPLY to requests) and read-only GET /api/* (paged, ranked, filtered server-side). The session
  * is a cookie set by the server when the page is opened with ?token=...; the token is removed from
  * the address bar at once.
+ *
+ * Roles (GET /api/whoami): a viewer sees no Ack buttons; an operator acknowledges; an approver
+ * also gets the Approvals tab (approve / reject liquidation plans) and the kill switch. The page
+ * only hides what the role may not do; the server refuses it either way (403 / a REPLY that is
+ * not ok). With named tokens an acknowledgement is recorded under the token's name.
  */
 "use strict";
 
@@ -90,7 +95,10 @@
     filters: { tiers: new Set(["FORCED_LIQUIDATION", "MARGIN_CALL", "WARNING"]), account: "", symbol: "" },
     tab: "worst", drill: null, req: 0, waiting: new Map(), sound: false, audio: null, lastBeep: 0,
     newIds: new Set(), serverOffsetMs: 0,
+    me: { name: null, role: "approver", may: ["read", "ack", "approve"], named: false, control: false },
+    kill: null,
   };
+  const may = (what) => S.me.may.includes(what);
   window.__desk = S;  // for tests and the curious
 
   // ------------------------------------------------------------------ websocket
@@ -337,6 +345,7 @@
   function ackCell(e) {
     const a = S.acks.get(e.event_id);
     if (a) return el("span", { class: "ackd", text: "✓ " + (a.by || ""), title: `${a.by} at ${dayTime(a.ts)}: ${a.note || "(no note)"}` });
+    if (!may("ack")) return el("span", { class: "muted", text: "–", title: `a ${S.me.role} does not acknowledge` });
     return el("button", { class: "btn sm ack-btn", text: "Ack", onclick: (ev) => { ev.stopPropagation(); openAck(e); } });
   }
 
@@ -400,7 +409,8 @@
     $("#ack-what").textContent = `${e.account_id} · ${e.kind === "TIER_CHANGE" ? (e.previous_tier || "start") + " → " + e.tier : e.kind} · ${hhmmss(e.ts_published)} · ratio ${pct(e.ratio)}`;
     $("#ack-note").value = "";
     $("#ack-err").textContent = "";
-    $("#ack-by").value = localStorage.getItem("mm.operator") || "";
+    $("#ack-by").value = S.me.named ? S.me.name : (localStorage.getItem("mm.operator") || "");
+    $("#ack-by-row").classList.toggle("hidden", S.me.named);  // the token's name is recorded
     $("#ackdlg").classList.remove("hidden");
     ($("#ack-by").value ? $("#ack-note") : $("#ack-by")).focus();
   }
@@ -409,7 +419,7 @@
     ev.preventDefault();
     if (!ackFor) return;
     const by = $("#ack-by").value.trim();
-    localStorage.setItem("mm.operator", by);
+    if (!S.me.named) localStorage.setItem("mm.operator", by);
     $("#ack-ok").disabled = true;
     try {
       const r = await request({ op: "ack", event_id: ackFor.event_id, note: $("#ack-note").value, by });
@@ -426,6 +436,7 @@
     worst: [["#", ""], ["Account", "l"], ["Tier", "l"], ["Ratio", ""], ["Next line", "l"], ["Gap", "opt"], ["Fall to line", ""], ["Debt", ""]],
     calls: [["Account", "l"], ["Tier", "l"], ["Ratio", ""], ["Deadline (CN)", ""], ["Left", ""], ["Call amount", ""], ["Debt", ""]],
     acks: [["Acked", "l"], ["By", "l"], ["Account", "l"], ["Alert", "l"], ["Note", "l"]],
+    approvals: [["Since", "l"], ["Account", "l"], ["Why", "l"], ["Held", "l"], ["Orders", "l"], ["", "c"]],
   };
   function setHead(tab) {
     const tr = el("tr");
@@ -463,6 +474,17 @@
           el("td", { text: dayTime(x.call.deadline_ns) }), el("td", null, dueSpan(x.call.deadline_ns)),
           el("td", { text: money0(x.call.amount) }), el("td", { text: money0(x.liabilities) }))));
         $("#worst-info").textContent = `${int(r.total)} open · nearest deadline first`;
+      } else if (tab === "approvals") {
+        const r = await api("approvals");
+        if (S.tab !== tab) return;
+        setHead(tab);
+        tb.replaceChildren(...r.approvals.map((x) => el("tr", { dataset: { id: x.event_id, account: x.account_id } },
+          el("td", { class: "l", text: dayTime(x.created_ns) }), el("td", { class: "l" }, acctLink(x.account_id)),
+          el("td", { class: "l txt", text: (x.reason || "").replaceAll("_", " ") }),
+          el("td", { class: "l txt", text: x.state === "approved" ? "approved, queued" : (x.held || "").replaceAll("_", " ") }),
+          el("td", { class: "l note", text: (x.orders || []).map((o) => `${o.side} ${o.qty} ${o.symbol} @ ${o.price}`).join("; ") || "–" }),
+          el("td", { class: "c" }, x.state === "pending" ? decideButtons(x) : "–"))));
+        $("#worst-info").textContent = `${int(r.approvals.length)} waiting`;
       } else {
         const r = await api("acks", { limit: 200 });
         if (S.tab !== tab) return;
@@ -475,6 +497,62 @@
         $("#worst-info").textContent = `${int(r.total)} stored in ${r.store || "memory"}`;
       }
     } catch (err) { $("#worst-info").textContent = "error: " + err.message; }
+  }
+
+  // ------------------------------------------------------------------ approvals and kill switch
+  async function post(path, body) {
+    const r = await fetch("/api/" + path, { method: "POST", credentials: "same-origin", cache: "no-store",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    if (r.status === 401) { location.replace("/"); throw new Error("logged out"); }
+    const out = await r.json();
+    if (!r.ok) throw new Error(out.error || ("HTTP " + r.status));
+    return out;
+  }
+
+  function decideButtons(x) {
+    const decide = (how) => async (ev) => {
+      ev.stopPropagation();
+      const note = prompt(`${how === "approve" ? "Approve" : "Reject"} the plan for ${x.account_id}: note (stored with the decision)`, "");
+      if (note === null) return;
+      try { await post("approvals/" + how, { event_id: x.event_id, note }); }
+      catch (err) { alert("Not done: " + err.message); }
+      loadSide();
+    };
+    return el("span", { class: "decide" },
+      el("button", { class: "btn sm approve-btn", text: "Approve", onclick: decide("approve") }),
+      el("button", { class: "btn sm reject-btn", text: "Reject", onclick: decide("reject") }));
+  }
+
+  function renderKill() {
+    const b = $("#kill"), k = S.kill;
+    if (!k) return;
+    b.textContent = "Kill switch " + (k.on ? "ON" : "off");
+    b.classList.toggle("on", k.on);
+    b.title = k.on ? `ON since ${dayTime(k.ts)} by ${k.by}: ${k.reason || "(no reason given)"}` :
+      "The liquidator's kill switch: no liquidation order is sent while it is on";
+    b.disabled = !may("approve");
+  }
+
+  async function loadKill() {
+    if (!S.me.control) return;
+    try { S.kill = await api("kill-switch"); renderKill(); } catch (err) { console.warn("kill switch", err); }
+  }
+
+  async function toggleKill() {
+    if (!S.kill || !may("approve")) return;
+    const on = !S.kill.on;
+    const reason = on ? prompt("Turn the kill switch ON: no liquidation order will be sent. Reason:", "") : "";
+    if (reason === null || (!on && !confirm("Turn the kill switch off? Automatic liquidation orders will be sent again."))) return;
+    try { S.kill = await post("kill-switch", { on, reason }); renderKill(); }
+    catch (err) { alert("Not done: " + err.message); }
+  }
+
+  async function loadMe() {
+    try { S.me = await api("whoami"); } catch (err) { console.warn("whoami", err); return; }
+    $("#me").textContent = (S.me.named ? S.me.name + " · " : "") + S.me.role;
+    $("#tab-approvals").classList.toggle("hidden", !(may("approve") && S.me.control));
+    $("#kill").classList.toggle("hidden", !S.me.control);
+    S.dirty = true;
   }
 
   // ------------------------------------------------------------------ crowding
@@ -753,6 +831,7 @@
     $("#d-close").addEventListener("click", closeDrill);
     $("#shade").addEventListener("click", closeDrill);
     $("#ack-cancel").addEventListener("click", closeAck);
+    $("#kill").addEventListener("click", toggleKill);
     $("#ack-form").addEventListener("submit", submitAck);
     document.addEventListener("keydown", (e) => {
       if (e.key === "Escape") { if (!$("#ackdlg").classList.contains("hidden")) closeAck(); else closeDrill(); }
@@ -787,6 +866,7 @@
     bind();
     setHead("worst");
     try { S.summary = await api("summary"); S.lastBeatAt = 0; renderTiers(); renderHealth(); } catch (_) { return; }
+    await loadMe();
     await loadAcks();
     await backfill();
     connect();
@@ -796,6 +876,7 @@
     every(2000, loadSide);
     every(5000, loadCrowd);
     every(5000, loadNextCall);
+    every(5000, loadKill);
     setInterval(() => { if (S.drill && !document.hidden) loadDrill(); }, 2000);
   }
 

@@ -87,7 +87,7 @@ class FileEvents(EventSource):
                     self.skip -= 1
                     self.received += 1
                     continue
-                ev = self._decode(line)
+                ev = self._decode(line.rstrip(b"\r\n"))
                 if ev is not None:
                     out.append(ev)
                 if len(out) >= self.batch:

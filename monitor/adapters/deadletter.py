@@ -191,6 +191,11 @@ class DeadLetters:
         if self._closed:
             return
         self._closed = True
+        for reason, n in self._unlogged.items():  # what the sampling kept out of the log
+            if n:
+                log.warning("account events rejected (%s): %d since the last line, %d in all",
+                            reason, n, self.counts[reason])
+        self._unlogged.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._drain(), 15)
         if self._queue:

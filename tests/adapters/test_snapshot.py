@@ -3,6 +3,7 @@ continues exactly as the one it was taken from; a corrupt, incompatible or forei
 refused before anything changes."""
 
 import numpy as np
+import orjson
 import pytest
 from test_engine import T0, random_ticks, strip
 
@@ -131,3 +132,42 @@ def test_corrupt_incompatible_and_foreign_snapshots_are_refused(book, tmp_path):
     with pytest.raises(ValueError, match="reported"):
         fresh.restore_state(meta, arrays, T0)
     np.testing.assert_array_equal(fresh.state.book.cash, before)
+
+
+def test_a_frozen_future_last_ts_is_clipped_at_restore_and_real_ticks_go_on(book, tmp_path):
+    """The tester: a tick a year ahead froze its symbol (every real tick after it was
+    out_of_order), and the frozen state was in the snapshot. A snapshot holding such a last_ts
+    (taken by a version without the future_ts guard) is restored with it clipped to the
+    restore-time clock + skew: the next real tick is accepted."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from feeds.ticks import TickParser
+    from monitor.adapters.snapshot import Snapshots
+    from monitor.book.universe import universe_of
+
+    def monitor(engine, parser):
+        return SimpleNamespace(book=book, engine=engine, event_source=None, redis_url=None,
+                               feed=SimpleNamespace(parser=parser, name="feed"))
+
+    year = 365 * 86_400 * 10**9
+    s = 3
+    a, pa = live(book), TickParser(universe_of(book))
+    a.start(T0)
+    pa.last_ts[s] = time.time_ns() + year  # what the old guard let in
+    pa.last_price[s] = int(book.price[s])
+    a.last_ts[s] = time.time_ns() + year
+    meta, arrays = Snapshots(monitor(a, pa), str(tmp_path)).capture()
+    write_snapshot(tmp_path, meta, arrays)
+
+    b, pb = live(book), TickParser(universe_of(book))
+    assert asyncio.run(Snapshots(monitor(b, pb), str(tmp_path)).restore()) is not None
+    now = time.time_ns()
+    assert pb.last_ts[s] <= now + pb.max_skew_ns and b.last_ts[s] <= now + pb.max_skew_ns
+    assert pb.last_ts[s] > now - 60 * 10**9  # clipped, not dropped
+    sym = book.symbols[s]
+    price = int(book.price[s]) / 1000
+    got = pb.parse(orjson.dumps({"symbol": sym, "price": price + 0.01,
+                                 "ts": now + pb.max_skew_ns}))
+    assert len(got) == 1 and pb.rejections.counts["out_of_order"] == 0

@@ -386,9 +386,7 @@ class AccountEvents:
         accrual = np.where(fits, (cost * np.where(fits, P, 0) + Q // 2) // Q, 0)
         for j in np.flatnonzero(~fits).tolist():  # huge principals over long periods
             accrual[j] = (int(cost[j]) * int(P[j]) + Q // 2) // Q
-        acct = np.repeat(np.arange(b.n_accounts), np.diff(b.pos_ptr))
-        add = np.zeros(b.n_accounts, dtype=np.int64)
-        np.add.at(add, acct, accrual)
+        add = self._per_account(accrual)
         touched = np.flatnonzero(add)
         if touched.shape[0]:
             gross = self._gross_many(touched)
@@ -408,13 +406,20 @@ class AccountEvents:
         self.state.h.base_liabilities[touched] += add[touched]
         return touched.tolist()
 
+    def _per_account(self, rows: np.ndarray) -> np.ndarray:
+        """Sum of a per-position-row int64 column per account (rows are grouped by account)."""
+        b = self.state.book
+        out = np.zeros(b.n_accounts, dtype=np.int64)
+        starts = b.pos_ptr[:-1]
+        full = np.diff(b.pos_ptr) > 0
+        if rows.shape[0] and full.any():
+            out[full] = np.add.reduceat(rows, starts[full])
+        return out
+
     def _gross_many(self, accounts: np.ndarray) -> np.ndarray:
         """G of `accounts` (numpy int64: within the bound before the event, so it fits)."""
         b = self.state.book
-        acct = np.repeat(np.arange(b.n_accounts), np.diff(b.pos_ptr))
-        rows = np.abs(b.pos_cost) + np.abs(b.pos_qty) * self._up[b.pos_sec]
-        per = np.zeros(b.n_accounts, dtype=np.int64)
-        np.add.at(per, acct, rows)
+        per = self._per_account(np.abs(b.pos_cost) + np.abs(b.pos_qty) * self._up[b.pos_sec])
         return (per[accounts] + np.abs(b.cash[accounts]) + np.abs(b.accrued[accounts])
                 + np.abs(b.other_debt[accounts]) + np.abs(b.other_collateral[accounts]))
 

@@ -171,3 +171,30 @@ def test_a_frozen_future_last_ts_is_clipped_at_restore_and_real_ticks_go_on(book
     got = pb.parse(orjson.dumps({"symbol": sym, "price": price + 0.01,
                                  "ts": now + pb.max_skew_ns}))
     assert len(got) == 1 and pb.rejections.counts["out_of_order"] == 0
+
+
+def test_a_failed_snapshot_write_leaves_the_previous_one_for_the_restart(book, tmp_path,
+                                                                       monkeypatch):
+    e = live(book)
+    e.start(T0)
+    fp = book_fingerprint(book)
+    meta, arrays = e.export_state()
+    meta.update(taken_ns=T0, book=fp)
+    first = write_snapshot(tmp_path, meta, arrays)
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    e.apply_account_event({"type": "deposit", "account_id": book.account_ids[0],
+                           "amount": "1", "event_id": "after"}, T0)
+    meta2, arrays2 = e.export_state()
+    meta2.update(taken_ns=T0 + 1, book=fp)
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError):
+        write_snapshot(tmp_path, meta2, arrays2)
+    monkeypatch.undo()
+    m, got = read_snapshot(tmp_path, fp)  # the previous snapshot, whole
+    assert m["arrays"] == first["arrays"] and m["sha256"] == first["sha256"]
+    fresh = live(book)
+    fresh.restore_state(m, got, T0 + 2)
+    np.testing.assert_array_equal(fresh.state.book.cash, arrays["book_cash"])

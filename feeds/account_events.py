@@ -1,6 +1,7 @@
 """Account-event sources: a JSONL file or a Redis stream (entry field `data`), each yielding
 lists of decoded JSON objects in order. Validation against the book happens in the monitor
-(monitor/account_events.py); here only undecodable messages are rejected and counted.
+(monitor/core/account_events.py); here only undecodable or oversize messages are rejected:
+counted (`malformed`) and handed to `on_reject` (the monitor dead-letters them).
 
 Specs: `PATH` or `jsonl:PATH` (read once, to the end), `redis://[user:pass@]host:port/N/STREAM`
 or `rediss://…` (live; resumes after the last id on reconnect; `?start=0` replays the stream).

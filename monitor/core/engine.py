@@ -268,7 +268,9 @@ class Engine:
 
     def apply_account_event(self, ev: dict, now_ns: int) -> list[dict]:
         """Apply one account event (a fill, a deposit, ...) and re-tier the accounts it moved.
-        Raises AccountEventError, leaving the book unchanged, when the event is invalid."""
+        Raises AccountEventError, leaving the book unchanged, when the event is invalid; any
+        other exception is a bug, and the derived structures are rebuilt from the book before
+        it propagates (the runtime dead-letters the event as `internal_error`)."""
         if self.account_events is None:
             raise AccountEventError("read_only", "this engine's book is read-only "
                                     "(build its MarginState with live=True)")

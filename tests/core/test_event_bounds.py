@@ -5,7 +5,6 @@ the bounds of kernels/units.py and its tier equals the exact Decimal reference."
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -266,66 +265,6 @@ def test_an_unexpected_exception_mid_event_leaves_derived_state_consistent(monke
     fresh.sweep()
     np.testing.assert_array_equal(fresh.assets(), e.state.assets())
     np.testing.assert_array_equal(fresh.liabilities(), e.state.liabilities())
-
-
-def test_the_runtime_dead_letters_every_refusal_and_goes_on(tmp_path, monkeypatch):
-    """Monitor.apply_account_events never raises: the tester's events (two huge deposits in
-    one batch, a bad ts), an unexpected exception and an accrual that skips an account are
-    counted per reason (/metrics from 0), dead-lettered with the raw event, and the next valid
-    event is applied."""
-    from prometheus_client import generate_latest
-
-    from monitor.app.config import RunConfig
-    from monitor.app.runtime import Monitor
-
-    book = synth_book()
-    events = tmp_path / "events.jsonl"
-    events.write_text("")
-    cfg = RunConfig(feed="synthetic", events=str(events), spill_dir=str(tmp_path / "spill"))
-    mon = Monitor(cfg, book, redis_url="")
-    mon.publish(mon.engine.start(NOW))
-    text = generate_latest(mon.metrics.registry).decode()
-    for r in REASONS:
-        assert f'mm_account_events_rejected_total{{reason="{r}"}} 0.0' in text
-    huge = orjson.loads(b'{"type": "deposit", "account_id": "C0000002", "amount": 1e30}')
-    mon._account_events.extend([huge, dict(huge), {"type": "deposit", "account_id": "C0000002",
-                                                   "amount": "1", "ts": "yesterday"}])
-    boom = {"type": "profile", "account_id": "C0000002", "profile": "default"}
-    monkeypatch.setattr(AccountEvents, "_profile",
-                        lambda self, ev: (_ for _ in ()).throw(KeyError("a bug")))
-    mon._account_events.append(boom)
-    mon.apply_account_events()
-    monkeypatch.undo()
-    b = mon.engine.state.book
-    b2 = b.account_index["C0000003"]
-    mon._account_events.extend([
-        {"type": "fill", "account_id": "C0000003", "symbol": cheapest(b),
-         "side": "financed_buy", "qty": 10**9, "price": "9"},
-        {"type": "interest_accrual", "days": 366, "financing_rate": "10", "short_fee_rate": "0"},
-        {"type": "deposit", "account_id": "C0000002", "amount": "100", "event_id": "ok-1"}])
-    cash = int(b.cash[b.account_index["C0000002"]])
-    mon.apply_account_events()
-    assert int(b.cash[b.account_index["C0000002"]]) == cash + 100_000  # the valid one applied
-    assert dict(mon.event_rejects) == {"out_of_range": 2, "bad_ts": 1, "internal_error": 1,
-                                       "overflow": 1}
-    text = generate_latest(mon.metrics.registry).decode()
-    assert 'mm_account_events_rejected_total{reason="out_of_range"} 2.0' in text
-    assert 'mm_account_events_rejected_total{reason="internal_error"} 1.0' in text
-    assert 'mm_account_events_rejected_total{reason="unknown_account"} 0.0' in text
-    # a line the source cannot decode is dead-lettered too
-    mon.event_source._decode(b'{"type": "deposit", ')
-    asyncio.run(mon.dead_letters.aclose())
-    dead = [orjson.loads(x) for x in (tmp_path / "spill" / "account-events.dead.jsonl")
-            .read_bytes().splitlines()]
-    assert [d["reason"] for d in dead] == ["out_of_range", "out_of_range", "bad_ts",
-                                           "internal_error", "overflow", "malformed"]
-    assert orjson.loads(dead[0]["event"]) == {"type": "deposit", "account_id": "C0000002",
-                                              "amount": 1e30}
-    assert "KeyError" in dead[3]["error"]
-    assert orjson.loads(dead[4]["event"])["account_id"] == "C0000003"
-    assert dead[5]["raw"] == '{"type": "deposit", '
-    assert mon.summary()["account_events"]["rejected"]["malformed"] == 1
-    assert b2 >= 0
 
 
 # ------------------------------------------------------------------ the properties

@@ -1,6 +1,7 @@
 """Account-event sources: a JSONL file or a Redis stream (entry field `data`), each yielding
 lists of decoded JSON objects in order. Validation against the book happens in the monitor
-(monitor/account_events.py); here only undecodable messages are rejected and counted.
+(monitor/core/account_events.py); here only undecodable or oversize messages are rejected:
+counted (`malformed`) and handed to `on_reject` (the monitor dead-letters them).
 
 Specs: `PATH` or `jsonl:PATH` (read once, to the end), `redis://[user:pass@]host:port/N/STREAM`
 or `rediss://…` (live; resumes after the last id on reconnect; `?start=0` replays the stream).
@@ -28,19 +29,32 @@ class EventSource:
         self.received = 0
         self.malformed = 0
         self.closed = False
+        # called with (reason, raw bytes, why) for each message refused here: the monitor
+        # counts and dead-letters it (monitor/adapters/deadletter.py)
+        self.on_reject = None
+
+    def _refuse(self, reason: str, raw, why: str) -> None:
+        self.malformed += 1
+        if self.on_reject is not None:
+            try:
+                self.on_reject(reason, raw if raw is not None else b"", why)
+            except Exception:  # noqa: BLE001 - reporting a bad message never stops the source
+                log.exception("%s: reporting a refused account event failed", self.name)
+        elif self.malformed <= 5 or self.malformed % 1000 == 0:
+            log.warning("%s: %s account event (%d so far)", self.name, reason, self.malformed)
 
     def _decode(self, raw) -> object | None:
         self.received += 1
-        if raw is None or len(raw) > MAX_EVENT_BYTES:
-            self.malformed += 1
+        if raw is None:
+            self._refuse("malformed", raw, "the stream entry has no data field")
+            return None
+        if len(raw) > MAX_EVENT_BYTES:
+            self._refuse("oversize", raw[:4096], f"{len(raw)} bytes, over {MAX_EVENT_BYTES}")
             return None
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            self.malformed += 1
-            if self.malformed <= 5 or self.malformed % 1000 == 0:
-                log.warning("%s: undecodable account event (%d so far)", self.name,
-                            self.malformed)
+            self._refuse("malformed", raw, "not valid JSON")
             return None
 
     def batches(self) -> AsyncIterator[list]:  # pragma: no cover - abstract
@@ -74,7 +88,7 @@ class FileEvents(EventSource):
                     self.skip -= 1
                     self.received += 1
                     continue
-                ev = self._decode(line)
+                ev = self._decode(line.rstrip(b"\r\n"))
                 if ev is not None:
                     out.append(ev)
                 if len(out) >= self.batch:

@@ -29,8 +29,8 @@ Scenarios (`synthetic:NAME?param=value&...`; times in simulated minutes from the
     bad_prints   at `at` (0), and every `every` minutes if > 0, a burst of `count` (200) raw bad
                  messages (truncated JSON, wrong shapes, missing fields, NaN / Infinity strings,
                  non-positive, unknown symbol, out of band, out of order, duplicate, oversize,
-                 wrong types) goes through the feed's parser: all are rejected and counted in
-                 `stats().rejected`, none is applied
+                 wrong types, a ts a year ahead) goes through the feed's parser: all are
+                 rejected and counted in `stats().rejected`, none is applied
 
 Common parameters: seed, rate (20000), batch_ms (10), duration (wall seconds of the run; the
 number of batches is duration·1000/batch_ms), ticks (total), speed (1), pace (1: yield in real time;
@@ -319,7 +319,7 @@ class SyntheticFeed(BaseFeed):
             s = int(rng.integers(uni.n))
             sym = uni.symbols[s]
             ok_price = int(uni.limit_down[s] + uni.limit_up[s]) // 2 // TICK * TICK / 1000
-            kind = j % 15
+            kind = j % 16
             if kind in (10, 11) and ticked.shape[0] == 0:
                 kind = 7
             if kind == 0:
@@ -354,6 +354,9 @@ class SyntheticFeed(BaseFeed):
                 msgs.append(b"[" + b" " * (p.max_message_bytes + 1) + b"]")
             elif kind == 13:
                 msgs.append(b'{"symbol": "' + sym.encode() + b'", "price": true}')
+            elif kind == 15:  # a clock a year ahead
+                msgs.append(orjson.dumps({"symbol": sym, "price": ok_price,
+                                          "ts": int(p.clock()) + 365 * 86_400 * 10**9}))
             else:
                 msgs.append(orjson.dumps({"symbol": sym, "price": ok_price, "ts": "yesterday"}))
         return msgs

@@ -21,6 +21,9 @@ reason, checked in this order:
     unknown_symbol  symbol not in the universe
     out_of_band     price outside [limit_down, limit_up] of the security (inclusive), after
                     rounding to li
+    future_ts       ts more than `max_skew_s` (default 5 s) ahead of the parser's clock, read
+                    once per parse call: a tick from a wrong clock is refused, so it can never
+                    become the symbol's last ts and make every real tick after it out_of_order
     out_of_order    ts older than the last accepted ts of that symbol
     duplicate       same symbol, same ts and same price as the last accepted tick of that symbol
 
@@ -68,12 +71,13 @@ REASONS = (
     "out_of_band",
     "out_of_order",
     "duplicate",
+    "future_ts",  # checked before out_of_order (see the list above); last here: codes are stable
 )
 # Reason codes: 0 is "accepted", reason r has code REASONS.index(r) + 1.
 OK = 0
-OVERSIZE, MALFORMED, MISSING, NON_FINITE, NON_POSITIVE, UNKNOWN, OUT_OF_BAND, OUT_OF_ORDER, DUP = (
-    range(1, len(REASONS) + 1)
-)
+(OVERSIZE, MALFORMED, MISSING, NON_FINITE, NON_POSITIVE, UNKNOWN, OUT_OF_BAND, OUT_OF_ORDER, DUP,
+ FUTURE) = range(1, len(REASONS) + 1)
+DEFAULT_MAX_SKEW_S = u.DEFAULT_MAX_SKEW_NS / 1e9
 NEVER = -1  # last_ts / last_price of a security that has not ticked yet
 _TS_MAX = 2**63
 _SAMPLE_CHARS = 200
@@ -186,8 +190,10 @@ def _sample_text(sample: object) -> str:
 
 
 @numba.njit(cache=True, nogil=True)
-def _check(sec, price_f, ts, reason, limit_down, limit_up, last_ts, last_price, price_li):
-    """All per-tick checks, in order, updating the per-security state of accepted ticks.
+def _check(sec, price_f, ts, reason, limit_down, limit_up, last_ts, last_price, price_li,
+           max_ts):
+    """All per-tick checks, in order, updating the per-security state of accepted ticks;
+    `max_ts` is the latest ts taken (the clock + the allowed skew).
 
     `reason` arrives pre-filled with the structural verdicts (malformed / missing_field); a tick
     with a non-zero reason is skipped. Returns the number of accepted ticks that were rounded."""
@@ -221,6 +227,9 @@ def _check(sec, price_f, ts, reason, limit_down, limit_up, last_ts, last_price, 
         if li < lo or li > hi:
             reason[i] = 7
             continue
+        if t > max_ts:
+            reason[i] = 10  # future_ts
+            continue
         if abs(x - li) > 1e-6:
             rounded += 1
         lt = last_ts[s]
@@ -244,9 +253,11 @@ class TickParser:
     four apply the same checks and update the same per-security state."""
 
     def __init__(self, universe, max_message_bytes: int = 1 << 20,
-                 rejections: Rejections | None = None, clock=time.time_ns):
+                 rejections: Rejections | None = None, clock=time.time_ns,
+                 max_skew_s: float = DEFAULT_MAX_SKEW_S):
         self.universe = universe
         self.max_message_bytes = int(max_message_bytes)
+        self.max_skew_ns = int(max_skew_s * 1e9)  # ts beyond clock() + this: future_ts
         self.rejections = rejections if rejections is not None else Rejections()
         self.clock = clock
         n = len(universe.symbols)
@@ -439,8 +450,9 @@ class TickParser:
         n = sec.shape[0]
         price_li = np.zeros(n, dtype=np.int64)
         uni = self.universe
+        max_ts = min(int(self.clock()) + self.max_skew_ns, _TS_MAX - 1)
         self.sub_li += _check(sec, price_f, ts, reason, uni.limit_down, uni.limit_up,
-                              self.last_ts, self.last_price, price_li)
+                              self.last_ts, self.last_price, price_li, max_ts)
         self.ticks_seen += n
         if not reason.any():
             self.ticks_accepted += n

@@ -28,6 +28,32 @@ BP_DTYPE = np.int64
 # intraday moves). About 92 billion yuan per account.
 MAX_ACCOUNT_MONEY = np.iinfo(np.int64).max // RATIO_SCALE // 10
 
+# Bounds on what enters a live book (book load, account events, pre-trade requests); the table
+# is in docs/reliability.md ("Poison input"). Every running balance of an account is held under
+# one bound, its gross amount
+#
+#     G = |cash| + accrued + other_debt + other_collateral
+#         + sum over positions of (|cost| + qty * max(price, limit_up))
+#
+# G <= MAX_ACCOUNT_MONEY (checked at load and before every account event is applied), so at any
+# price the tick guard accepts (never above limit_up): cash, accrued interest, every position's
+# principal or short-sale amount and market value, and the account's assets A and liabilities L
+# are each <= MAX_ACCOUNT_MONEY. Then A * RATIO_SCALE <= 9.2e17 and (line + hysteresis) * L <=
+# 2 * MAX_LINE_BP * MAX_ACCOUNT_MONEY <= int64 max, and a plan's qty * price and
+# A * RATIO_SCALE >= target * L products fit too.
+MAX_EVENT_MONEY = MAX_ACCOUNT_MONEY  # amount or fee of one event, qty * price of one fill
+MAX_PRICE = 10_000_000 * MONEY_SCALE  # a fill's price: 10 million yuan per share
+MAX_FILL_QTY = 10**12  # shares in one fill (or pre-trade action)
+MAX_RATE_BP = 10 * RATIO_SCALE  # financing / short-fee rate (per year), margin ratio: <= 10.00
+RATE_DIGITS = 8  # interest rates are taken to 8 decimal places (half up)
+MAX_ACCRUAL_DAYS = 366  # days of one interest accrual
+MAX_LINE_BP = 5 * RATIO_SCALE  # a line profile's lines and target: <= 5.00 (500%)
+MAX_HYSTERESIS_BP = MAX_LINE_BP  # so (line + hysteresis) * L fits in int64
+# account-event `ts`: integer ns, not before 2000-01-01T00:00:00Z and not beyond the clock +
+# the allowed skew (the monitor's `max_tick_skew_s`, default 5 s, also bounds tick times)
+MIN_EVENT_TS_NS = 946_684_800 * 10**9
+DEFAULT_MAX_SKEW_NS = 5 * 10**9
+
 # Tiers, worst first: a larger code is a better tier, so "worse" is "<".
 FORCED_LIQUIDATION = 0
 MARGIN_CALL = 1

@@ -225,6 +225,10 @@ class Snapshots:
         except SnapshotError as e:
             log.error("state dir: %s; starting from the book instead", e)
             return None
+        except Exception as e:  # noqa: BLE001 - an unreadable state dir never blocks a start
+            log.error("state dir %s unreadable (%s: %s); starting from the book instead",
+                      self.dir, type(e).__name__, e)
+            return None
         if got is None:
             log.info("state dir %s: no snapshot yet; starting from the book", self.dir)
             return None
@@ -236,16 +240,20 @@ class Snapshots:
                         "unreachable); continuing as run %s", m["run_id"], run_id)
         else:
             run_id, seq, tiers = m["run_id"], max(m["seq"], got[0]), got[1]
+        now = time.time_ns()
         try:
-            events = mon.engine.restore_state(m, arrays, time.time_ns(), seq=seq, run_id=run_id,
+            events = mon.engine.restore_state(m, arrays, now, seq=seq, run_id=run_id,
                                               published=tiers)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
             log.error("state dir: %s: %s; starting from the book instead", m["arrays"], e)
             return None  # restore_state checks everything before changing anything
         parser = getattr(mon.feed, "parser", None)
-        if parser is not None and "parser_last_ts" in arrays \
-                and arrays["parser_last_ts"].shape == parser.last_ts.shape:
-            parser.last_ts[:] = arrays["parser_last_ts"]
+        if parser is not None and "parser_last_ts" in arrays and "parser_last_price" in arrays \
+                and arrays["parser_last_ts"].shape == parser.last_ts.shape \
+                and arrays["parser_last_price"].shape == parser.last_price.shape:
+            # never a last ts beyond the clock + skew: one bad tick must not freeze a symbol
+            # across the restart (a snapshot of a version without the future_ts guard)
+            parser.last_ts[:] = np.minimum(arrays["parser_last_ts"], now + parser.max_skew_ns)
             parser.last_price[:] = arrays["parser_last_price"]
         _resume(mon.feed, m.get("feed"))
         _resume(mon.event_source, m.get("events"))

@@ -25,6 +25,7 @@ head_timeout_s = 5.0             # a whole request within this, else closed (slo
 keep_alive_s = 5.0               # an idle kept-alive connection is closed after this
 max_body_bytes = 16384           # POST bodies over this: 413
 desk_event_bytes = 268435456     # the risk desk's memory of recent events (256 MiB)
+max_tick_skew_s = 5.0            # ticks / account events timed further ahead of now are refused
 
 [patterns.round_trips]           # trading-pattern rules, see docs/reports-and-audit.md
 count = 3
@@ -44,6 +45,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+from kernels.units import MAX_HYSTERESIS_BP
 from monitor.errors import ConfigError
 from monitor.settings import read_toml
 from monitor.web.auth import NamedToken, parse_tokens
@@ -73,6 +75,9 @@ class RunConfig:
     state_dir: str | None = None  # snapshots for restart (monitor/snapshot.py); off if unset
     snapshot_interval_s: float = 30.0
     stale_feed_s: float = 5.0  # no tick for this long: the summary says the feed is stale
+    # a tick or account event timed more than this ahead of the monitor's clock is refused
+    # (future_ts / bad_ts): one bad clock cannot freeze a symbol's ordering (reliability.md)
+    max_tick_skew_s: float = 5.0
     max_connections: int = 64
     ws_client_queue: int = 10_000  # frames queued per websocket client before it is dropped
     # the HTTP edge's limits (monitor/web/limits.py, docs/security.md)
@@ -99,7 +104,22 @@ class RunConfig:
 
     @property
     def hysteresis_bp(self) -> int:
-        return int(Decimal(str(self.hysteresis)) * 10_000)
+        try:
+            bp = Decimal(str(self.hysteresis)) * 10_000
+        except ArithmeticError:
+            bp = Decimal(-1)
+        if not bp.is_finite() or not 0 <= bp <= MAX_HYSTERESIS_BP or bp != int(bp):
+            raise ConfigError(f"hysteresis: expected a ratio from 0 to "
+                              f"{MAX_HYSTERESIS_BP / 10_000:.2f} in whole basis points, got "
+                              f"{self.hysteresis!r}")
+        return int(bp)
+
+    @property
+    def max_tick_skew_ns(self) -> int:
+        v = self.max_tick_skew_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86_400:
+            raise ConfigError(f"max_tick_skew_s: expected seconds from 0 to 86400, got {v!r}")
+        return int(v * 1e9)
 
     @property
     def reach_mode(self) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from monitor.core.account_events import REASONS as ACCOUNT_EVENT_REASONS
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -27,3 +29,8 @@ class Metrics:
         self.ws_clients = Gauge("mm_ws_clients", "Connected websocket clients", registry=r)
         self.feed_lag = Gauge("mm_feed_lag_seconds", "Receive time minus exchange time of the "
                               "last tick", registry=r)
+        self.account_events_rejected = Counter(
+            "mm_account_events_rejected", "Account events rejected (and dead-lettered), by "
+            "reason", ["reason"], registry=r)
+        for reason in ACCOUNT_EVENT_REASONS:  # every known reason exported from 0
+            self.account_events_rejected.labels(reason)

@@ -29,6 +29,7 @@ import numpy as np
 from feeds.account_events import open_events
 from feeds.registry import open_feed
 from monitor.adapters.audit import AuditLog
+from monitor.adapters.deadletter import DeadLetters
 from monitor.adapters.outbox import RedisOutbox, encode_event
 from monitor.adapters.snapshot import Snapshots
 from monitor.app.config import RunConfig
@@ -64,14 +65,16 @@ class Monitor:
         self.state = MarginState(book, live=True)
         self.engine = Engine(self.state, EngineConfig(
             hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share, reach=cfg.reach_mode,
-            call_days=cfg.call_days, holidays=cfg.holiday_dates),
+            call_days=cfg.call_days, holidays=cfg.holiday_dates,
+            max_skew_ns=cfg.max_tick_skew_ns),
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
         self.universe = universe_of(book)
         self.feed = open_feed(cfg.feed, self.universe)
         self.event_source = open_events(cfg.events) if cfg.events else None
         self._account_events: deque = deque()  # applied in order before the next tick cycle
-        self.event_rejects: Counter = Counter()
+        self.dead_letters = self._dead_letters(cfg)  # rejected account events, per reason
+        self.event_rejects: Counter = self.dead_letters.counts
         self._events_done = self.event_source is None
         self.redis_url = redis_url if redis_url is not None else cfg.redis
         self.outbox = None
@@ -105,18 +108,42 @@ class Monitor:
             self._events_done = True
             self._wake.set()
 
+    def _dead_letters(self, cfg: RunConfig) -> DeadLetters:
+        """Where rejected account events go: `<stream>:dead` beside a Redis event stream, else
+        a JSONL file in the spill dir (monitor/adapters/deadletter.py)."""
+        src, reader = self.event_source, getattr(self.event_source, "reader", None)
+        dl = DeadLetters(redis_url=getattr(reader, "url", None),
+                         stream=f"{reader.stream}:dead" if reader is not None else None,
+                         spill_dir=cfg.spill_dir,
+                         on_count=lambda r: self.metrics.account_events_rejected.labels(r).inc())
+        if src is not None:  # undecodable messages are dead-lettered too
+            src.on_reject = lambda reason, raw, why: dl.reject(reason, why, raw, src.name)
+        parser = getattr(self.feed, "parser", None)
+        if parser is not None:
+            parser.max_skew_ns = cfg.max_tick_skew_ns  # ticks ahead of the clock: future_ts
+        return dl
+
     def apply_account_events(self) -> None:
+        """Apply what is queued, one event at a time: a refused event, or one that fails in
+        any way, is dead-lettered and the next one goes on (never raises)."""
         q = self._account_events
+        src = getattr(self.event_source, "name", "")
         while q:
             ev = q.popleft()
             try:
                 self.desk.before_account_event(ev)
                 self.publish(self.engine.apply_account_event(ev, time.time_ns()))
+                skipped = self.engine.account_events.skipped
             except AccountEventError as e:
-                self.event_rejects[e.reason] += 1
-                n = self.event_rejects[e.reason]
-                if n <= 5 or n % 1000 == 0:
-                    log.warning("account event rejected (%s, %d so far): %s", e.reason, n, e)
+                self.dead_letters.reject(e.reason, str(e), ev, src)
+                continue
+            except Exception as e:  # noqa: BLE001 - one event must never stop the monitor
+                self.dead_letters.internal(e, ev, src)
+                continue
+            ids = self.book.account_ids
+            for a, reason, why in skipped:  # a book-wide accrual left these accounts out
+                self.dead_letters.reject(reason, f"account {ids[a]}: {why}",
+                                         {**ev, "account_id": ids[a]}, src)
 
     async def _feed_loop(self) -> None:
         try:
@@ -220,7 +247,8 @@ class Monitor:
         if self.event_source is not None:
             s["account_events"] = {**self.event_source.stats(),
                                    "applied": self.engine.account_events.applied,
-                                   "rejected": dict(self.event_rejects)}
+                                   "rejected": dict(self.event_rejects),
+                                   "dead_letters": self.dead_letters.stats()}
         for reason, n in fs.rejected.items():
             self.metrics.rejected.labels(reason).set(n)
         for name, n in s["tiers"].items():
@@ -305,6 +333,7 @@ class Monitor:
             tasks.append(asyncio.create_task(self._load_acks_loop(), name="desk-acks"))
         if self.outbox is not None:
             tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        tasks.append(asyncio.create_task(self.dead_letters.run(), name="dead-letters"))
         if self.cfg.audit_dir:
             self.audit = AuditLog(self.engine, self.cfg.audit_dir)
         restored = await self.snapshots.restore() if self.snapshots is not None else None
@@ -336,6 +365,8 @@ class Monitor:
                     await self.event_source.aclose()
             if self.snapshots is not None and self.snapshots.active:
                 await self.snapshots.final()
+            with contextlib.suppress(Exception):
+                await self.dead_letters.aclose()
             if self.outbox is not None:
                 self._final_summary()
                 if not await self.outbox.drain(timeout=30):

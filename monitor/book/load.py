@@ -298,6 +298,10 @@ def _check_lines(chk, where, row):
                 f"(got {w / 1e4}, {nrm / 1e4}, {wa / 1e4}, {mc / 1e4})")
     if tgt <= u.RATIO_SCALE:
         chk.add(where, "target", f"must be above 1.00 (got {tgt / 1e4})")
+    for name, v in (("withdrawable", w), ("target", tgt)):  # the largest line, and the target
+        if v > u.MAX_LINE_BP:
+            chk.add(where, name, f"must be at most {u.MAX_LINE_BP / 1e4:.2f} (got {v / 1e4}): "
+                    "beyond it exact tier arithmetic could overflow")
 
 
 def _accounts(chk, t, name, profiles):

@@ -72,6 +72,9 @@ class EngineConfig:
     # price-driven cap or line crossing is seen within (accounts / slice) intervals
     credit_interval_ns: int = 50_000_000
     call_days: int = 2  # margin-call deadline, trading days after the day of issue
+    # how far ahead of the clock an account event's ts (and, at restore, a symbol's last tick
+    # time) may be: the monitor's max_tick_skew_s
+    max_skew_ns: int = u.DEFAULT_MAX_SKEW_NS
     holidays: frozenset[date] = field(default_factory=frozenset)
     run_id: str = ""
 
@@ -123,7 +126,8 @@ class Engine:
         self.last_ts = np.zeros(ns, dtype=np.int64)  # exchange time of each symbol's last price
         self.tier_seq = np.zeros(n, dtype=np.int64)  # seq of the event announcing each tier
         self.calls = MarginCalls(self.config.call_days, self.config.holidays)
-        self.account_events = AccountEvents(state) if b.pos_used is not None else None
+        self.account_events = (AccountEvents(state, max_skew_ns=self.config.max_skew_ns)
+                               if b.pos_used is not None else None)
         self._one = np.empty(1, dtype=np.int64)
         self.last_cycle = CycleStats()
         self.cycles = 0
@@ -269,11 +273,22 @@ class Engine:
 
     def apply_account_event(self, ev: dict, now_ns: int) -> list[dict]:
         """Apply one account event (a fill, a deposit, ...) and re-tier the accounts it moved.
-        Raises AccountEventError, leaving the book unchanged, when the event is invalid."""
+        Raises AccountEventError, leaving the book unchanged, when the event is invalid; any
+        other exception is a bug, and the derived structures are rebuilt from the book before
+        it propagates (the runtime dead-letters the event as `internal_error`)."""
         if self.account_events is None:
             raise AccountEventError("read_only", "this engine's book is read-only "
                                     "(build its MarginState with live=True)")
-        accounts = self.account_events.apply(ev)
+        try:
+            accounts = self.account_events.apply(ev, now_ns)
+        except AccountEventError:
+            raise  # refused before any change
+        except Exception:
+            # a bug: whatever it changed, the derived structures (holdings, base amounts,
+            # market values) are rebuilt from the book so they never disagree with it
+            self.account_events.ledger.rebuild()
+            self._based = False
+            raise
         if not accounts:
             return []
         if self._based:
@@ -558,6 +573,12 @@ class Engine:
         tier. ValueError, before any change, when the arrays do not fit."""
         st, b = self.state, self.state.book
         _check_restore(b, arrays)
+        old_run = meta.get("run_id")
+        applied, new_seq = meta.get("events_applied", 0), meta.get("seq") if seq is None else seq
+        if not isinstance(old_run, str) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63
+                for x in (applied, new_seq)):
+            raise ValueError("snapshot manifest: run_id, seq or events_applied malformed")
         for k in ("cash", "accrued", "other_debt", "other_collateral", "profile_of", "haircut",
                   "suspended"):
             getattr(b, k)[:] = arrays["book_" + k]
@@ -568,7 +589,9 @@ class Engine:
         self._based = False  # reach bounds are re-based on the next reach cycle
         st.price[:] = arrays["price"]
         self.old_price[:] = st.price
-        self.last_ts[:] = arrays["last_ts"]
+        # a last tick time beyond the clock + skew (a bad clock, or a snapshot of an older
+        # version that took future ticks) would freeze the symbol's ordering: clip it
+        self.last_ts[:] = np.minimum(arrays["last_ts"], now_ns + self.config.max_skew_ns)
         self.reported[:] = arrays["reported"]
         self.tier_seq[:] = arrays["tier_seq"]
         self._n_pending = 0
@@ -580,11 +603,9 @@ class Engine:
                                       arrays["call_deadline_ns"], arrays["call_deadline_day"],
                                       arrays["call_deposit"], strict=True)])
         if self.account_events is not None:
-            self.account_events.restore(orjson.loads(arrays["seen_ids"].tobytes()),
-                                        int(meta.get("events_applied", 0)))
-        old_run = meta["run_id"]
+            self.account_events.restore(orjson.loads(arrays["seen_ids"].tobytes()), applied)
         self.stamps.run_id = run_id or old_run
-        self.seq = int(meta["seq"] if seq is None else seq)
+        self.seq = new_seq
         published = published or {}
         moved = [a for a, t in published.items() if t != self.reported[a]]
         bad = np.union1d(np.flatnonzero(self.reported <= u.WARNING),
@@ -642,3 +663,30 @@ def _check_restore(b, arrays: dict) -> None:
         raise ValueError("snapshot accounts name line profiles this book does not have")
     if (arrays["price"] <= 0).any() or np.any(np.diff(ptr) < arrays["book_pos_used"]):
         raise ValueError("snapshot prices or position rows are inconsistent")
+    ca = arrays["call_account"]
+    n_calls = ca.shape[0]
+    if any(arrays[k].shape != (n_calls,) for k in ("call_issued_ns", "call_deadline_ns",
+                                                  "call_deadline_day", "call_deposit")):
+        raise ValueError("snapshot margin-call arrays differ in length")
+    if n_calls and (ca.min() < 0 or ca.max() >= n
+                    or arrays["call_deadline_day"].min() < 1
+                    or arrays["call_deadline_day"].max() > date.max.toordinal()):
+        raise ValueError("snapshot margin calls name unknown accounts or impossible dates")
+    try:
+        seen = orjson.loads(arrays["seen_ids"].tobytes())
+    except orjson.JSONDecodeError:
+        seen = None
+    if not isinstance(seen, list):
+        raise ValueError("snapshot array 'seen_ids' is not a JSON list")
+    # every account within the bounds of kernels/units.py (a snapshot of an older version
+    # could hold balances that overflowed)
+    up = np.maximum(b.price, b.limit_prices()[1]).astype(np.float64)
+    acct = np.repeat(np.arange(n), np.diff(ptr))
+    mv = np.abs(arrays["book_pos_qty"].astype(np.float64)) * up[arrays["book_pos_sec"]]
+    total = np.bincount(acct, weights=mv + np.abs(arrays["book_pos_cost"].astype(np.float64)),
+                        minlength=n)
+    for k in ("cash", "accrued", "other_debt", "other_collateral"):
+        total += np.abs(arrays["book_" + k].astype(np.float64))
+    if n and total.max() > u.MAX_ACCOUNT_MONEY:
+        raise ValueError(f"snapshot holds {int((total > u.MAX_ACCOUNT_MONEY).sum())} accounts "
+                         "beyond the exact range of kernels/units.py")

@@ -67,27 +67,35 @@ class Action:
 # ---------------------------------------------------------------- parsing
 
 
-def _decimal(v, key, digits) -> Decimal:
+def _decimal(v, key, digits, top: Decimal) -> Decimal:
+    """A JSON number or decimal string within [-top, top] with at most `digits` decimals;
+    PretradeError (400) otherwise, never an arithmetic trap."""
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise PretradeError("bad_value", f"{key!r} must be a number or a decimal string")
+    if isinstance(v, int) and abs(v) > 10**30:
+        raise PretradeError("out_of_range", f"{key!r} is out of range (at most {top})")
+    if isinstance(v, str) and len(v) > 64:
+        raise PretradeError("bad_value", f"{key!r}: not a number (over 64 characters)")
     try:
-        d = Decimal(v if isinstance(v, str) else repr(v))
-    except InvalidOperation:
+        d = Decimal(v) if isinstance(v, (int, str)) else Decimal(repr(v))
+    except (InvalidOperation, ValueError):
         raise PretradeError("bad_value", f"{key!r}: {v!r} is not a number") from None
-    if not d.is_finite() or d != d.quantize(Decimal(1).scaleb(-digits)):
+    if not d.is_finite():
+        raise PretradeError("bad_value", f"{key!r}: a finite number with at most {digits} "
+                            "decimal places")
+    if abs(d) > top:  # before quantize, which traps on huge values
+        raise PretradeError("out_of_range", f"{key!r} is out of range (at most {top})")
+    if d != d.quantize(Decimal(1).scaleb(-digits)):
         raise PretradeError("bad_value", f"{key!r}: a finite number with at most {digits} "
                             "decimal places")
     return d
 
 
-def _money(doc, key, *, positive=True) -> int:
-    d = _decimal(doc[key], key, 3)
+def _money(doc, key, *, positive=True, bound: int = u.MAX_EVENT_MONEY) -> int:
+    d = _decimal(doc[key], key, 3, Decimal(bound).scaleb(-3))
     if d < 0 or (positive and d == 0):
         raise PretradeError("bad_value", f"{key!r} must be {'> 0' if positive else '>= 0'}")
-    v = int(d.scaleb(3))
-    if v > u.MAX_ACCOUNT_MONEY:
-        raise PretradeError("bad_value", f"{key!r} is out of range")
-    return v
+    return int(d.scaleb(3))
 
 
 def parse_action(state: MarginState, action: dict) -> Action:
@@ -109,17 +117,20 @@ def parse_action(state: MarginState, action: dict) -> Action:
         raise PretradeError("unknown_symbol", f"unknown symbol {sym!r}", 404)
     act.sec = s
     qty = action.get("qty")
-    if isinstance(qty, bool) or not isinstance(qty, int) or not 0 < qty <= 10**12:
+    if isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0:
         raise PretradeError("bad_value", "'qty' must be a positive whole number of shares")
+    if qty > u.MAX_FILL_QTY:
+        raise PretradeError("out_of_range", f"'qty' is out of range (at most {u.MAX_FILL_QTY})")
     act.qty = qty
-    act.price = _money(action, "price") if action.get("price") is not None \
-        else int(state.price[s])
-    if qty * act.price > u.MAX_ACCOUNT_MONEY:
-        raise PretradeError("bad_value", "qty × price is out of range")
+    act.price = _money(action, "price", bound=u.MAX_PRICE) \
+        if action.get("price") is not None else int(state.price[s])
+    if qty * act.price > u.MAX_EVENT_MONEY:
+        raise PretradeError("out_of_range", "qty × price is out of range")
     if action.get("fee") is not None:
         act.fee = _money(action, "fee", positive=False)
     if action.get("margin_ratio") is not None:
-        d = _decimal(action["margin_ratio"], "margin_ratio", 4)
+        d = _decimal(action["margin_ratio"], "margin_ratio", 4,
+                     Decimal(u.MAX_RATE_BP).scaleb(-4))
         if not 0 < d <= 10:
             raise PretradeError("bad_value", "'margin_ratio' must be in (0, 10]")
         act.margin_bp = int(d * S)

@@ -3,6 +3,7 @@ continues exactly as the one it was taken from; a corrupt, incompatible or forei
 refused before anything changes."""
 
 import numpy as np
+import orjson
 import pytest
 from test_engine import T0, random_ticks, strip
 
@@ -131,3 +132,69 @@ def test_corrupt_incompatible_and_foreign_snapshots_are_refused(book, tmp_path):
     with pytest.raises(ValueError, match="reported"):
         fresh.restore_state(meta, arrays, T0)
     np.testing.assert_array_equal(fresh.state.book.cash, before)
+
+
+def test_a_frozen_future_last_ts_is_clipped_at_restore_and_real_ticks_go_on(book, tmp_path):
+    """The tester: a tick a year ahead froze its symbol (every real tick after it was
+    out_of_order), and the frozen state was in the snapshot. A snapshot holding such a last_ts
+    (taken by a version without the future_ts guard) is restored with it clipped to the
+    restore-time clock + skew: the next real tick is accepted."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from feeds.ticks import TickParser
+    from monitor.adapters.snapshot import Snapshots
+    from monitor.book.universe import universe_of
+
+    def monitor(engine, parser):
+        return SimpleNamespace(book=book, engine=engine, event_source=None, redis_url=None,
+                               feed=SimpleNamespace(parser=parser, name="feed"))
+
+    year = 365 * 86_400 * 10**9
+    s = 3
+    a, pa = live(book), TickParser(universe_of(book))
+    a.start(T0)
+    pa.last_ts[s] = time.time_ns() + year  # what the old guard let in
+    pa.last_price[s] = int(book.price[s])
+    a.last_ts[s] = time.time_ns() + year
+    meta, arrays = Snapshots(monitor(a, pa), str(tmp_path)).capture()
+    write_snapshot(tmp_path, meta, arrays)
+
+    b, pb = live(book), TickParser(universe_of(book))
+    assert asyncio.run(Snapshots(monitor(b, pb), str(tmp_path)).restore()) is not None
+    now = time.time_ns()
+    assert pb.last_ts[s] <= now + pb.max_skew_ns and b.last_ts[s] <= now + pb.max_skew_ns
+    assert pb.last_ts[s] > now - 60 * 10**9  # clipped, not dropped
+    sym = book.symbols[s]
+    price = int(book.price[s]) / 1000
+    got = pb.parse(orjson.dumps({"symbol": sym, "price": price + 0.01,
+                                 "ts": now + pb.max_skew_ns}))
+    assert len(got) == 1 and pb.rejections.counts["out_of_order"] == 0
+
+
+def test_a_failed_snapshot_write_leaves_the_previous_one_for_the_restart(book, tmp_path,
+                                                                       monkeypatch):
+    e = live(book)
+    e.start(T0)
+    fp = book_fingerprint(book)
+    meta, arrays = e.export_state()
+    meta.update(taken_ns=T0, book=fp)
+    first = write_snapshot(tmp_path, meta, arrays)
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    e.apply_account_event({"type": "deposit", "account_id": book.account_ids[0],
+                           "amount": "1", "event_id": "after"}, T0)
+    meta2, arrays2 = e.export_state()
+    meta2.update(taken_ns=T0 + 1, book=fp)
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError):
+        write_snapshot(tmp_path, meta2, arrays2)
+    monkeypatch.undo()
+    m, got = read_snapshot(tmp_path, fp)  # the previous snapshot, whole
+    assert m["arrays"] == first["arrays"] and m["sha256"] == first["sha256"]
+    fresh = live(book)
+    fresh.restore_state(m, got, T0 + 2)
+    np.testing.assert_array_equal(fresh.state.book.cash, arrays["book_cash"])

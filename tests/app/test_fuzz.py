@@ -113,7 +113,8 @@ def bad_tick(draw, last: dict):
     sym = draw(st.sampled_from(SYMS))
     lo, hi = UNI.limit_down[SYMS.index(sym)], UNI.limit_up[SYMS.index(sym)]
     good_price = draw(st.integers(int(lo), int(hi))) / 1000
-    kind = draw(st.sampled_from(["symbol", "price", "band", "ts", "missing", "order", "dup"]))
+    kind = draw(st.sampled_from(["symbol", "price", "band", "ts", "future", "missing", "order",
+                                 "dup"]))
     t = {"symbol": sym, "price": good_price, "ts": T0}
     if kind == "symbol":
         t["symbol"] = draw(st.one_of(no_surrogates(max_size=12).filter(lambda s: s not in SYMS),
@@ -132,6 +133,8 @@ def bad_tick(draw, last: dict):
                                  st.floats(allow_nan=False, allow_infinity=False),
                                  no_surrogates(max_size=5),
                                  st.booleans()))
+    elif kind == "future":  # beyond the clock (NOW) + the default skew of 5 s
+        t["ts"] = NOW + 5 * 10**9 + draw(st.integers(1, 2**62))
     elif kind == "missing":
         del t[draw(st.sampled_from(["symbol", "price"]))]
         if draw(st.booleans()):

@@ -286,6 +286,9 @@ def reference(items, universe, last_ts, last_price, recv):
         if li is None or not universe.limit_down[sec] <= li <= universe.limit_up[sec]:
             counts["out_of_band"] += 1
             continue
+        if t > recv + 5 * 10**9:  # the clock is `recv` here, the default skew 5 s
+            counts["future_ts"] += 1
+            continue
         if t < last_ts[sec]:
             counts["out_of_order"] += 1
             continue
@@ -378,3 +381,38 @@ def test_fuzz_ticks_match_reference(universe, messages):
     assert got_acc == exp_acc
     assert p.rejections.counts == exp_counts
     assert p.last_ts.tolist() == last_ts and p.last_price.tolist() == last_price
+
+
+# -- ticks from the future ---------------------------------------------------------------
+
+def test_a_future_tick_is_refused_and_cannot_freeze_the_symbol(universe):
+    """The tester's case: a normal price with a ts a year ahead was accepted, and every real
+    tick after it was out_of_order. Now it is refused (future_ts) and real ticks go on."""
+    now = [RECV]
+    p = TickParser(universe, clock=lambda: now[0])
+    year = 365 * 86_400 * 10**9
+    b = p.parse(msg(tick(ts=RECV + year)))
+    assert len(b) == 0 and p.rejections.counts["future_ts"] == 1
+    assert p.last_ts[0] == NEVER
+    b = p.parse(msg(tick(price=10.22, ts=RECV - 10), tick(price=10.23, ts=RECV)))
+    assert b.price.tolist() == [10_220, 10_230]
+    assert p.rejections.counts["out_of_order"] == 0
+    # within the skew (5 s by default) a tick is taken; beyond it, refused
+    b = p.parse(msg(tick(price=10.24, ts=RECV + 5 * 10**9), tick(price=10.25,
+                                                                   ts=RECV + 5 * 10**9 + 1)))
+    assert b.price.tolist() == [10_240] and p.rejections.counts["future_ts"] == 2
+    # the clock is read per parse call: the same tick is taken once the clock has caught up
+    now[0] = RECV + 10**9
+    assert p.parse(msg(tick(price=10.25, ts=RECV + 5 * 10**9 + 1))).price.tolist() == [10_250]
+
+
+def test_future_guard_on_every_path_and_a_configured_skew(universe):
+    p = TickParser(universe, clock=lambda: RECV, max_skew_s=60)
+    ts = np.array([RECV + 59 * 10**9, RECV + 61 * 10**9], dtype=np.int64)
+    b = p.accept_arrays(np.array([0, 1]), np.array([10_100, 200_100]), ts)
+    assert b.sec.tolist() == [0] and p.rejections.counts["future_ts"] == 1
+    b = p.parse_columns(["688981.SH", "000001.SZ"], np.array([50.1, 12.4]), ts)
+    assert b.sec.tolist() == [2] and p.rejections.counts["future_ts"] == 2
+    p.max_skew_ns = 0  # the monitor sets it from max_tick_skew_s
+    b = p.parse(msg(tick(symbol="300750.SZ", price=200.2, ts=RECV + 1)))
+    assert len(b) == 0 and p.rejections.counts["future_ts"] == 3

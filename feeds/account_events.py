@@ -55,6 +55,7 @@ class EventSource:
 
     async def aclose(self) -> None:
         self.closed = True
+        self.status.finished()
 
     def stats(self) -> dict:
         st = self.status
@@ -127,7 +128,7 @@ class RedisEvents(EventSource):
 
     async def aclose(self) -> None:
         self.closed = True
-        self.reader.closed = True
+        self.reader.close()
 
 
 def open_events(spec: str) -> EventSource:

@@ -90,6 +90,11 @@ class StreamReader:
     def connected(self) -> bool:
         return self.status.state == "live"
 
+    def close(self) -> None:
+        """Stop reading (within `block_ms`; cancelling the consumer takes effect at once)."""
+        self.closed = True
+        self.status.finished()
+
     def _client(self) -> Redis:
         return Redis.from_url(
             self.url,
@@ -198,7 +203,7 @@ class RedisFeed(BaseFeed):
         return f"<RedisFeed {self.name} last_id={self.last_id!r}>"
 
     async def aclose(self) -> None:
-        self.reader.closed = True
+        self.reader.close()
         await super().aclose()
 
     async def batches(self) -> AsyncIterator[TickBatch]:

@@ -94,7 +94,7 @@ class SourceStatus:
         self._last_log = now
         more = f" ({self._unlogged} more not logged)" if self._unlogged else ""
         self._unlogged = 0
-        retry = f"; retrying in {retry_in:.1f}s" if retry_in is not None else ""
+        retry = f"; retrying in {retry_in:.2f}s" if retry_in is not None else ""
         level = logging.WARNING if kind == "connection" else logging.ERROR
         self.log.log(level, "%s: %s (%s, %d in this outage)%s%s", self.name, msg, kind,
                      self._outage_errors, retry, more)

@@ -41,6 +41,7 @@ class SourceStatus:
         self.since_ns = now  # when the current state began
         self.down_since_ns: int | None = now  # start of the current outage (None while live)
         self.last_error: str | None = None
+        self.last_error_brief: str | None = None  # no host, no URL: fit for an open /healthz
         self.last_error_ns = 0
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self.retries = 0
@@ -81,6 +82,7 @@ class SourceStatus:
             self.retries += 1
         msg = redact(f"{type(exc).__name__}: {exc}", self.secrets)[:500]
         self.last_error, self.last_error_ns = msg, now_ns
+        self.last_error_brief = brief_error(exc)
         if self.down_since_ns is None:
             self.down_since_ns = now_ns
         self._set("reconnecting" if kind == "connection" else "error")
@@ -109,8 +111,20 @@ class SourceStatus:
     def as_dict(self) -> dict:
         return {"state": self.state, "since_ns": self.since_ns,
                 "down_since_ns": self.down_since_ns, "last_error": self.last_error,
+                "last_error_brief": self.last_error_brief,
                 "last_error_ns": self.last_error_ns, "errors": dict(self.errors),
                 "retries": self.retries}
+
+
+def brief_error(exc: BaseException) -> str:
+    """The class of an error and, for a server's refusal, its code (`ResponseError: WRONGTYPE`,
+    `NoPermissionError`, `ConnectionRefusedError`): what went wrong without where (no host, port,
+    key or URL), for health checks that anyone may read."""
+    name = type(exc).__name__
+    first = str(exc).split(" ", 1)[0]
+    if first.isupper() and first.isalpha() and 3 <= len(first) <= 20:
+        return f"{name}: {first}"
+    return name
 
 
 def redis_error_kind(exc: BaseException) -> str:

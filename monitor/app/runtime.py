@@ -94,7 +94,7 @@ class Monitor:
         # ended its loop (time, redacted message), when ticks or account events began to wait
         # for a cycle, when the last cycle ended
         self._sources_started_ns = 0
-        self._feed_failure: tuple[int, str] | None = None
+        self._feed_failure: tuple[int, str, str] | None = None
         self._pending_since_ns = 0
         self._last_cycle_end_ns = 0
         self._secrets = url_secrets(cfg.feed) + url_secrets(cfg.events or "")
@@ -168,7 +168,7 @@ class Monitor:
         except Exception as exc:  # the adapters retry their own read errors: this is a bug,
             # and the feed cannot be resumed; health says so (state `error`) until a restart
             msg = redact(f"{type(exc).__name__}: {exc}", self._secrets)[:500]
-            self._feed_failure = (time.time_ns(), msg)
+            self._feed_failure = (time.time_ns(), msg, type(exc).__name__)
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             log.error("feed %s failed and stopped: %s\n%s", self.feed.name, msg,
                       redact(tb, self._secrets))
@@ -255,7 +255,8 @@ class Monitor:
         now = time.time_ns()
         s = self.engine.summary(now)
         fs = self.feed.stats()
-        feed_state, feed_since, feed_error = self._feed_view(now, fs)
+        feed = self._feed_view(now, fs)
+        feed_state, feed_since, feed_error = feed[:3]
         s["feed"] = fs.as_dict()
         s["feed"]["lag_s"] = ((now - fs.last_message_ns) / 1e9) if fs.last_message_ns else None
         s["feed"]["done"] = self._feed_done
@@ -268,7 +269,7 @@ class Monitor:
         stale = fs.staleness_s(now)
         s["feed"]["stale_symbols_60s"] = int(np.sum(~np.isnan(stale) & (stale > 60)))
         if self.event_source is not None:
-            ev_state, ev_since, ev_error = self._events_view(now)
+            ev_state, ev_since, ev_error, _ = self._events_view(now)
             s["account_events"] = {**self.event_source.stats(),
                                    "applied": self.engine.account_events.applied,
                                    "rejected": dict(self.event_rejects),
@@ -293,7 +294,7 @@ class Monitor:
             s["audit"] = self.audit.stats()
         if self.server is not None:
             s["websocket"] = self.server.stats()
-        reasons = self._unhealthy(now, (feed_state, feed_since, feed_error))
+        reasons = self._unhealthy(now, feed)
         s["health"] = {"ok": not reasons, "reasons": reasons}
         return s
 
@@ -305,14 +306,15 @@ class Monitor:
         now = time.time_ns() if now_ns is None else now_ns
         fs = self.feed.stats()
         feed = self._feed_view(now, fs)
-        ev = self._events_view(now) if self.event_source is not None else ("none", now, None)
+        ev = (self._events_view(now) if self.event_source is not None
+              else ("none", now, None, None))
         reasons = self._unhealthy(now, feed)
         out = {"ok": not reasons, "reasons": reasons, "run_id": self.engine.run_id,
                "seq": self.engine.seq, "cycles": self.engine.cycles,
                "feed_age_s": (now - fs.last_message_ns) / 1e9 if fs.last_message_ns else None,
-               "feed_done": self._feed_done, "feed_state": feed[0], "feed_error": feed[2],
+               "feed_done": self._feed_done, "feed_state": feed[0], "feed_error": feed[3],
                "feed_simulated": self.feed_kind == "synthetic",
-               "events_state": ev[0], "events_error": ev[2],
+               "events_state": ev[0], "events_error": ev[3],
                "last_cycle_age_s": ((now - self._last_cycle_end_ns) / 1e9
                                     if self._last_cycle_end_ns else None),
                "pending_symbols": self.engine.pending,
@@ -323,8 +325,9 @@ class Monitor:
             out["outbox_backlog"] = os_["backlog"]
         return out
 
-    def _unhealthy(self, now: int, feed: tuple[str, int, str | None]) -> list[str]:
-        """Why health() is not ok: [] when it is."""
+    def _unhealthy(self, now: int, feed: tuple) -> list[str]:
+        """Why health() is not ok ([] when it is); no host, URL or key in it: /healthz is open.
+        The full (redacted) errors are in the summary and the log."""
         cfg = self.cfg
         bad = {"waiting", "reconnecting", "error"}
         reasons = []
@@ -338,12 +341,12 @@ class Monitor:
         sources = [("feed", feed, feed_bad)]
         if self.event_source is not None:
             sources.append(("account events", self._events_view(now), bad))
-        for what, (state, since, error), unhealthy in sources:
+        for what, (state, since, _, brief), unhealthy in sources:
             down = (now - since) / 1e9
             if state in unhealthy and down > cfg.source_grace_s:
-                why = f"{what} {self._source_name(what)} {state} for {down:.0f}s"
-                if state in ("reconnecting", "error") and error:
-                    why += f": {error}"
+                why = f"{what} {state} for {down:.0f}s"
+                if state in ("reconnecting", "error") and brief:
+                    why += f": {brief}"
                 elif state == "stale":
                     why += f" (no tick for {down + cfg.stale_feed_s:.0f}s)"
                 reasons.append(why)
@@ -359,41 +362,40 @@ class Monitor:
                        else "no cycle has run yet"))
         return reasons
 
-    def _source_name(self, what: str) -> str:
-        return self.feed.name if what == "feed" else self.event_source.name
-
-    def _feed_view(self, now: int, fs) -> tuple[str, int, str | None]:
-        """(state, since when, last error) of the tick feed. States: live | waiting (nothing
-        received yet, or not connected yet) | stale (no message for `stale_feed_s`: prices are
-        old, nothing is re-tiered on them) | reconnecting (a connection error; retrying) |
-        error (another error: WRONGTYPE, NOPERM...; retrying, or the feed failed for good) |
-        done (a finite feed ended)."""
+    def _feed_view(self, now: int, fs) -> tuple[str, int, str | None, str | None]:
+        """(state, since when, last error, its brief form) of the tick feed. States: live |
+        waiting (nothing received yet, or not connected yet) | stale (no message for
+        `stale_feed_s`: prices are old, nothing is re-tiered on them) | reconnecting (a
+        connection error; retrying) | error (another error: WRONGTYPE, NOPERM...; retrying, or
+        the feed failed for good) | done (a finite feed ended)."""
         if self._feed_failure is not None:
-            return "error", self._feed_failure[0], self._feed_failure[1]
+            return "error", *self._feed_failure
         if self._feed_done:
-            return "done", now, None
+            return "done", now, None, None
         start = self._sources_started_ns or now
         st = getattr(self.feed, "status", None)
         if st is not None and st.state in ("waiting", "reconnecting", "error"):
-            return st.state, max(st.down_since_ns or start, start), st.last_error
+            return (st.state, max(st.down_since_ns or start, start), st.last_error,
+                    st.last_error_brief)
         if not fs.last_message_ns:
-            return "waiting", start, None
+            return "waiting", start, None, None
         stale_at = fs.last_message_ns + int(self.cfg.stale_feed_s * 1e9)
         if now > stale_at:
-            return "stale", max(stale_at, start), None
-        return "live", now, None
+            return "stale", max(stale_at, start), None, None
+        return "live", now, None, None
 
-    def _events_view(self, now: int) -> tuple[str, int, str | None]:
-        """(state, since when, last error) of the account-event source: live (connected or
-        reading; idle is fine) | waiting | reconnecting | error | done (a file read to its
-        end)."""
+    def _events_view(self, now: int) -> tuple[str, int, str | None, str | None]:
+        """(state, since when, last error, its brief form) of the account-event source: live
+        (connected or reading; idle is fine) | waiting | reconnecting | error | done (a file
+        read to its end)."""
         st = self.event_source.status
         if self._events_done and st.state == "live":
-            return "done", now, None
+            return "done", now, None, None
         start = self._sources_started_ns or now
         if st.state in ("waiting", "reconnecting", "error"):
-            return st.state, max(st.down_since_ns or start, start), st.last_error
-        return st.state, now, None
+            return (st.state, max(st.down_since_ns or start, start), st.last_error,
+                    st.last_error_brief)
+        return st.state, now, None, None
 
     # ------------------------------------------------------------------ life cycle
     async def run(self) -> int:

@@ -190,6 +190,7 @@ def _demo(args) -> int:
             f"  health:             http://{host}:{port}/healthz",
             f"  metrics:            http://{host}:{port}/metrics  (Bearer {cfg.token})",
             f"  token:              {cfg.token}",
+            f"  feed:               {cfg.feed} (SIMULATED prices, not market data)",
             f"  {redis_line}",
             "  Ctrl-C stops it.",
             ""]), file=sys.stderr, flush=True)

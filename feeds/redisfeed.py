@@ -9,7 +9,11 @@ Where to start: `start="$"` (default) means "entries added from now on", resolve
 current last id when the feed first connects; `start=0` replays the whole stream; any entry id
 works. The feed remembers the id of the last entry it read and, after a lost connection, resumes
 right after it (no loss, no duplicates), reconnecting with a capped exponential backoff with
-jitter. Entries that the server itself lost (a restart without persistence, MAXLEN trimming)
+jitter. Every other error is retried the same way, not only connection errors: a command the
+server refuses (WRONGTYPE when the key is not a stream, NOPERM from an ACL, NOAUTH, OOM) puts the
+feed in state `error` with the redacted message (`feeds.status.SourceStatus`), logged
+rate-limited, and the feed reads on from the last id once the server accepts the read again.
+Entries that the server itself lost (a restart without persistence, MAXLEN trimming)
 cannot be recovered, and entries re-added with ids at or below the last id read are not re-read.
 
 An entry without the `data` field counts as one `malformed` message. `aclose()` from another task
@@ -28,11 +32,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feeds.base import BaseFeed
-from feeds.net import Backoff, mask_url, parse_params
+from feeds.net import Backoff, mask_url, parse_params, url_secrets
+from feeds.status import SourceStatus, redis_error_kind
 from feeds.ticks import TickBatch
 
 log = logging.getLogger(__name__)
@@ -77,11 +80,20 @@ class StreamReader:
         self.socket_timeout = socket_timeout or self.block_ms / 1000.0 + 10.0
         self.name = name or f"{mask_url(url)}/{stream}"
         self.last_id: bytes | None = None
-        self.connected = False
         self.closed = False
         self.reconnects = 0
-        self.connect_failures = 0
+        self.connect_failures = 0  # failed attempts and dropped connections (any error)
+        self.status = SourceStatus(self.name, secrets=url_secrets(url), logger=log)
         self._connections = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.status.state == "live"
+
+    def close(self) -> None:
+        """Stop reading (within `block_ms`; cancelling the consumer takes effect at once)."""
+        self.closed = True
+        self.status.finished()
 
     def _client(self) -> Redis:
         return Redis.from_url(
@@ -100,46 +112,53 @@ class StreamReader:
         return last[0][0] if last else b"0-0"
 
     async def payloads(self) -> AsyncIterator[list]:
+        """Lists of payloads, in stream order, until `closed`. Never raises for a Redis or
+        network error: every one is counted, logged and retried with the backoff."""
         fkey = self.field
-        while not self.closed:
-            client = None
-            try:
-                client = self._client()
-                await client.ping()
-                self._connections += 1
-                if self._connections > 1:
-                    self.reconnects += 1
-                    log.info("%s: reconnected, resuming after %s", self.name,
-                             self.last_id.decode() if self.last_id else "start")
-                self.connected = True
-                if self.last_id is None:
-                    self.last_id = await self._resolve_start(client)
-                while not self.closed:
-                    resp = await client.xread({self.stream: self.last_id},
-                                              count=self.count, block=self.block_ms)
-                    if not resp:
-                        continue
-                    entries = (resp[0][1] if isinstance(resp, list)
-                               else next(iter(resp.values()))[0])
-                    if not entries:
-                        continue
-                    self.last_id = entries[-1][0]
-                    self.backoff.reset()
-                    yield [fields.get(fkey) for _id, fields in entries]
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self.connect_failures += 1
-                log.warning("%s: connection lost or refused: %s", self.name,
-                            type(exc).__name__)
-            finally:
-                self.connected = False
-                if client is not None:
-                    try:
-                        await client.aclose()
-                    except Exception:  # already broken; nothing to release
-                        pass
+        try:
+            while not self.closed:
+                client = None
+                try:
+                    client = self._client()
+                    await client.ping()
+                    self._connections += 1
+                    if self._connections > 1:
+                        self.reconnects += 1
+                        log.info("%s: reconnected, resuming after %s", self.name,
+                                 self.last_id.decode() if self.last_id else "start")
+                    if self.last_id is None:
+                        self.last_id = await self._resolve_start(client)
+                    block = None  # the first read after connecting does not wait: it proves the
+                    while not self.closed:  # stream is readable (live) at once
+                        resp = await client.xread({self.stream: self.last_id},
+                                                  count=self.count, block=block)
+                        block = self.block_ms
+                        self.status.ok()
+                        self.backoff.reset()
+                        if not resp:
+                            continue
+                        entries = (resp[0][1] if isinstance(resp, list)
+                                   else next(iter(resp.values()))[0])
+                        if not entries:
+                            continue
+                        self.last_id = entries[-1][0]
+                        yield [fields.get(fkey) for _id, fields in entries]
+                except Exception as exc:  # noqa: BLE001 - any error: counted, logged, retried
+                    self.connect_failures += 1
+                    if not self.closed:
+                        self.status.failed(exc, redis_error_kind(exc), self.backoff.peek())
+                finally:
+                    if client is not None:
+                        try:
+                            await client.aclose()
+                        except Exception:  # already broken; nothing to release
+                            pass
+                if self.closed:
+                    break
+                await asyncio.sleep(self.backoff.next())
+        finally:
             if self.closed:
-                break
-            await asyncio.sleep(self.backoff.next())
+                self.status.finished()
 
 
 class RedisFeed(BaseFeed):
@@ -165,6 +184,10 @@ class RedisFeed(BaseFeed):
     def connected(self) -> bool:
         return self.reader.connected
 
+    @property
+    def status(self) -> SourceStatus:
+        return self.reader.status
+
     def stats(self):
         return replace(super().stats(), reconnects=self.reader.reconnects,
                        connect_failures=self.reader.connect_failures)
@@ -180,7 +203,7 @@ class RedisFeed(BaseFeed):
         return f"<RedisFeed {self.name} last_id={self.last_id!r}>"
 
     async def aclose(self) -> None:
-        self.reader.closed = True
+        self.reader.close()
         await super().aclose()
 
     async def batches(self) -> AsyncIterator[TickBatch]:

@@ -37,6 +37,15 @@ ADAPTERS = (
 )
 
 
+KINDS = (("synthetic", "synthetic"), ("replay:", "replay"), ("ws://", "websocket"),
+         ("wss://", "websocket"), ("redis://", "redis"), ("rediss://", "redis"))
+
+
+def feed_kind(spec: str) -> str:
+    """`synthetic` (simulated prices), `replay`, `websocket`, `redis`, or "" (not a spec)."""
+    return next((kind for prefix, kind in KINDS if spec.startswith(prefix)), "")
+
+
 def open_feed(spec: str, universe, **kw) -> Feed:
     """A feed from a CLI spec. `kw` are passed to the adapter and override parameters given in
     the spec."""

@@ -5,8 +5,11 @@ queued (up to `max_batch_messages` frames) into one validated `TickBatch`, so a 
 one tick per frame still reaches the monitor in batches. When the connection drops or cannot be
 opened, the reader reconnects after a capped exponential backoff with jitter (reset once a
 connection delivers a frame); `stats().reconnects` counts successful re-connections and
-`connect_failures` counts failed attempts and dropped connections. A live feed never ends by
-itself: only `aclose()` (or `reconnect=False` and a lost connection) ends `batches()`.
+`connect_failures` counts failed attempts and dropped connections. Any error of the connection
+(not only network errors: a refused handshake, a bad URI, anything unexpected) is retried the same
+way, counted and logged rate-limited in `status` (`feeds.status.SourceStatus`: `waiting`, `live`,
+`reconnecting`, `error`). A live feed never ends by itself: only `aclose()` (or
+`reconnect=False` and a lost connection) ends `batches()`.
 
 Frames longer than `max_message_bytes` are rejected as `oversize`; the websocket layer itself
 closes the connection (and the feed reconnects) only for frames beyond 4x that size. Frames sent
@@ -25,7 +28,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from feeds.base import BaseFeed
-from feeds.net import Backoff, mask_url
+from feeds.net import Backoff, mask_url, url_secrets
+from feeds.status import SourceStatus
 from feeds.ticks import TickBatch
 
 log = logging.getLogger(__name__)
@@ -51,10 +55,14 @@ class WebSocketFeed(BaseFeed):
         self.ping_interval = ping_interval
         self.max_batch_messages = max_batch_messages
         self.proxy = proxy
-        self.connected = False
+        self.status = SourceStatus(self.name, secrets=url_secrets(url), logger=log)
         self._connections = 0
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=queue_size)
         self._reader: asyncio.Task | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.status.state == "live"
 
     async def _read_loop(self) -> None:
         q = self._queue
@@ -71,7 +79,7 @@ class WebSocketFeed(BaseFeed):
                         self._connections += 1
                         if self._connections > 1:
                             self.reconnects += 1
-                        self.connected = True
+                        self.status.ok()
                         log.info("%s: connected", self.name)
                         if self.subscribe is not None:
                             await ws.send(self.subscribe)
@@ -83,23 +91,24 @@ class WebSocketFeed(BaseFeed):
                             await q.put(frame)
                     # the server closed the connection cleanly
                     self.connect_failures += 1
-                    log.warning("%s: connection closed by the server", self.name)
+                    self.status.failed(ConnectionError("connection closed by the server"),
+                                       "connection", self.backoff.peek())
                 except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                     self.connect_failures += 1
-                    log.warning("%s: connection lost or refused: %s", self.name,
-                                type(exc).__name__)
-                finally:
-                    self.connected = False
+                    self.status.failed(exc, "connection", self.backoff.peek())
+                except InvalidURI as exc:  # cannot get better by waiting, but stays visible
+                    self.connect_failures += 1
+                    self.status.failed(ValueError(f"invalid URL ({exc.__class__.__name__})"),
+                                       "other", self.backoff.peek())
+                except Exception as exc:  # noqa: BLE001 - anything else: retried too
+                    self.connect_failures += 1
+                    self.status.failed(exc, "other", self.backoff.peek())
                 if self.closed or not self.reconnect:
                     break
                 await asyncio.sleep(self.backoff.next())
-        except asyncio.CancelledError:
-            raise
-        except InvalidURI as exc:
-            await q.put(ValueError(f"{self.name}: invalid URL ({exc.__class__.__name__})"))
-        except Exception as exc:  # surfaced by batches()
-            await q.put(exc)
         finally:
+            if self.closed or not self.reconnect:
+                self.status.finished()
             if not self.closed:
                 await q.put(_END)
 

@@ -131,6 +131,10 @@ def _run(args) -> int:
             "until_feed_ends": True if args.until_feed_ends else None})
         if not cfg.book:
             raise ConfigError("no book: give --book PATH or `book` in the config file")
+        if not cfg.feed:
+            raise ConfigError("no feed: give --feed SPEC or `feed` in the config file: "
+                              "replay:PATH, ws://…, wss://…, redis://…/STREAM, or "
+                              "synthetic[:scenario] for simulated prices (there is no default)")
         PatternConfig.from_dict(cfg.patterns)  # a bad [patterns] table stops here
         _check_credit_settings(cfg)  # a bad [credit] table or pretrade_* setting stops here
         cfg.desk_event_budget  # noqa: B018 - a bad desk_event_bytes stops here
@@ -146,6 +150,9 @@ def _run(args) -> int:
         s = "s" if tls else ""
         print(f"margin-monitor: alerts on ws{s}://{host}:{port}/ws/alerts, risk desk on "
               f"http{s}://{host}:{port}/", file=sys.stderr)
+        if mon.feed_kind == "synthetic":
+            print(f"margin-monitor: feed {mon.feed.name}: SIMULATED prices, not market data",
+                  file=sys.stderr)
         if mon.pretrade_listener is not None:
             ph, pp = mon.pretrade_listener.bound
             print(f"margin-monitor: pre-trade checks (keep-alive) on http{s}://{ph}:{pp}"
@@ -183,6 +190,7 @@ def _demo(args) -> int:
             f"  health:             http://{host}:{port}/healthz",
             f"  metrics:            http://{host}:{port}/metrics  (Bearer {cfg.token})",
             f"  token:              {cfg.token}",
+            f"  feed:               {cfg.feed} (SIMULATED prices, not market data)",
             f"  {redis_line}",
             "  Ctrl-C stops it.",
             ""]), file=sys.stderr, flush=True)
@@ -224,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the monitor: feed in, alerts out (Redis + websocket)")
     run.add_argument("--config", help="monitor.toml; flags below override it")
     run.add_argument("--book", help="book JSON file or folder of tables")
-    run.add_argument("--feed", help="synthetic[:scenario] | replay:PATH | ws://… | "
-                                    "redis://…/STREAM")
+    run.add_argument("--feed", help="required (here or `feed` in the config): replay:PATH | "
+                                    "ws://… | redis://…/STREAM | synthetic[:scenario] "
+                                    "(simulated prices)")
     run.add_argument("--events", help="account events: JSONL file or redis://…/STREAM")
     run.add_argument("--redis", help="Redis URL for the alert stream (redis:// or rediss://)")
     run.add_argument("--alerts-stream", help="alert stream key (default margin:alerts)")
@@ -286,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "| none: where stale plans are re-priced")
     liq.add_argument("--repricer-token-file",
                      help="the monitor's access token (else MARGIN_MONITOR_TOKEN)")
+    liq.add_argument("--metrics-listen", metavar="HOST:PORT",
+                     help="serve Prometheus /metrics here (loopback only, no token; port 0 = "
+                          "any free port, printed; off by default)")
     liq.add_argument("--log-level")
     liq.set_defaults(func=_liquidation("liquidator"))
 

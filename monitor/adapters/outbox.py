@@ -48,9 +48,10 @@ Summary (heartbeat)
 -------------------
 :meth:`publish_summary` keeps only the latest summary (a single slot, latest wins, never a queue)
 and the task writes it with ``SET <summary_key> <json>`` (with ``PX`` when ``summary_ttl`` is set,
-so a dead monitor's summary expires) in the same pipeline after the pending events; readers
-``GET margin:summary``. Only the newest summary is ever written; none are replayed after an
-outage.
+so a dead monitor's summary expires; the monitor always sets it) in the same pipeline after the
+pending events. ``summary_key`` defaults to ``<stream>:summary`` (``margin:alerts:summary``), so
+monitors publishing to different streams of one Redis keep apart; readers ``GET`` it. Only the
+newest summary is ever written; none are replayed after an outage.
 
 Secrets: the Redis URL may carry a password (``redis://user:pass@host:port/db``,
 ``rediss://`` for TLS, or ``?password=``); it is masked in ``repr``, logs and ``stats()``.
@@ -110,7 +111,7 @@ class RedisOutbox:
         *,
         stream: str = "margin:alerts",
         maxlen: int | None = 1_000_000,
-        summary_key: str = "margin:summary",
+        summary_key: str | None = None,
         summary_ttl: float | None = None,
         max_memory_events: int = 100_000,
         spill_dir: str | os.PathLike[str] | None = None,
@@ -128,7 +129,7 @@ class RedisOutbox:
         self._secrets = url_secrets(url)
         self.stream = stream
         self.maxlen = maxlen
-        self.summary_key = summary_key
+        self.summary_key = summary_key or f"{stream}:summary"
         self.summary_ttl = summary_ttl
         self.max_memory_events = max_memory_events
         self.batch = batch

@@ -2,10 +2,16 @@
 
 ```toml
 book = "books/1m"                # JSON file or folder of tables
-feed = "synthetic:crash"         # synthetic[:scenario] | replay:PATH | ws://… | redis://…/STREAM
+feed = "redis://md:6379/0/ticks" # required: synthetic[:scenario] (simulated prices) |
+                                 # replay:PATH | ws://… | redis://…/STREAM/STREAM
 redis = "redis://127.0.0.1:6379/0"   # optional; passwords and rediss:// supported, never logged
 alerts_stream = "margin:alerts"
 alerts_maxlen = 1000000
+summary_key = "margin:alerts:summary"  # default "<alerts_stream>:summary"
+summary_ttl_s = 5.0              # the summary key expires (default 5 heartbeats, >= 2 s)
+source_grace_s = 10.0            # /healthz 503: feed or account events not live this long
+stale_feed_unhealthy = true      # ... counting a stale (idle) tick feed as not live
+cycle_stall_s = 10.0             # /healthz 503: ticks waiting this long for a cycle
 listen = "127.0.0.1:8765"        # port 0 picks a free port
 token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN; one token, or NAME ROLE TOKEN lines
 tls_cert = "secrets/cert.pem"    # optional: serve https:// and wss:// (with tls_key)
@@ -54,12 +60,13 @@ from monitor.web.auth import NamedToken, parse_tokens
 @dataclass(slots=True)
 class RunConfig:
     book: str = ""
-    feed: str = "synthetic"
+    feed: str = ""  # required: no default, a synthetic feed only when named
     events: str | None = None
     redis: str | None = None
     alerts_stream: str = "margin:alerts"
     alerts_maxlen: int = 1_000_000
-    summary_key: str = "margin:summary"
+    summary_key: str = ""  # default: "<alerts_stream>:summary"
+    summary_ttl_s: float = 0.0  # the summary key expires after this; 0: 5 heartbeats (>= 2 s)
     listen: str = "127.0.0.1:8765"
     token_file: str | None = None
     token: str = field(default="", repr=False)
@@ -78,6 +85,10 @@ class RunConfig:
     # a tick or account event timed more than this ahead of the monitor's clock is refused
     # (future_ts / bad_ts): one bad clock cannot freeze a symbol's ordering (reliability.md)
     max_tick_skew_s: float = 5.0
+    # /healthz 503 when the feed or the account-event source is not live for longer than this
+    source_grace_s: float = 10.0
+    stale_feed_unhealthy: bool = True  # a stale (idle) tick feed counts as not live
+    cycle_stall_s: float = 10.0  # /healthz 503 when ticks wait longer than this for a cycle
     max_connections: int = 64
     ws_client_queue: int = 10_000  # frames queued per websocket client before it is dropped
     # the HTTP edge's limits (monitor/web/limits.py, docs/security.md)
@@ -101,6 +112,18 @@ class RunConfig:
     liquidator_key_prefix: str = "margin:liq"
     credit: dict = field(default_factory=dict)  # [credit] table: monitor/credit.py CreditConfig
     desk_event_bytes: int = 256 * 2**20  # the risk desk's event memory (docs/risk-desk.md)
+
+    @property
+    def summary_key_resolved(self) -> str:
+        """The summary key: `summary_key`, else derived from the alert stream, so two monitors
+        on one Redis never overwrite each other's summary."""
+        return self.summary_key or f"{self.alerts_stream}:summary"
+
+    @property
+    def summary_ttl_resolved(self) -> float:
+        """Seconds the summary key lives after each write (a dead monitor's summary expires)."""
+        return float(self.summary_ttl_s) if self.summary_ttl_s > 0 else max(
+            5 * float(self.heartbeat_s), 2.0)
 
     @property
     def hysteresis_bp(self) -> int:

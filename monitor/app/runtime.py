@@ -20,6 +20,7 @@ import contextlib
 import gc
 import logging
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from feeds.account_events import open_events
-from feeds.registry import open_feed
+from feeds.net import Backoff, redact, url_secrets
+from feeds.registry import feed_kind, open_feed
 from monitor.adapters.audit import AuditLog
 from monitor.adapters.deadletter import DeadLetters
 from monitor.adapters.outbox import RedisOutbox, encode_event
@@ -44,6 +46,7 @@ from monitor.core.patterns import PatternConfig
 from monitor.core.pretrade import PretradeService
 from monitor.core.state import MarginState
 from monitor.desk.readmodel import Desk, FileAckStore, RedisAckStore
+from monitor.errors import ConfigError
 from monitor.liquidator.control import LiquidationControl
 from monitor.web import STATIC_DIR
 from monitor.web.pretrade import start_listener
@@ -51,6 +54,10 @@ from monitor.web.server import AlertServer
 
 log = logging.getLogger("monitor")
 
+
+
+def _not_live_s(state: str, since: int, now: int) -> float:
+    return 0.0 if state in ("live", "done", "none") else max(0.0, (now - since) / 1e9)
 
 
 class Monitor:
@@ -70,7 +77,12 @@ class Monitor:
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
         self.universe = universe_of(book)
+        if not cfg.feed:
+            raise ConfigError("no feed: give --feed SPEC or `feed` in the config file "
+                              "(synthetic[:scenario] for simulated prices, replay:PATH, ws://…, "
+                              "redis://…/STREAM)")
         self.feed = open_feed(cfg.feed, self.universe)
+        self.feed_kind = feed_kind(cfg.feed)
         self.event_source = open_events(cfg.events) if cfg.events else None
         self._account_events: deque = deque()  # applied in order before the next tick cycle
         self.dead_letters = self._dead_letters(cfg)  # rejected account events, per reason
@@ -83,6 +95,15 @@ class Monitor:
         self._wake = asyncio.Event()
         self._feed_done = False
         self._oldest_recv_ns = 0
+        # liveness (health() and /metrics): when the sources started, a source's failure that
+        # ended its loop (time, redacted message), when ticks or account events began to wait
+        # for a cycle, when the last cycle ended
+        self._sources_started_ns = 0
+        self._feed_failure: tuple[int, str, str] | None = None
+        self._pending_since_ns = 0
+        self._last_cycle_end_ns = 0
+        self._secrets = url_secrets(cfg.feed) + url_secrets(cfg.events or "")
+        self.metrics.watch(lambda: {"summary": self.summary(), "feed_kind": self.feed_kind})
         self._stopping = asyncio.Event()
         self.events_emitted = 0
         self.desk = Desk(self.engine, summary=self.summary, event_bytes=cfg.desk_event_budget)
@@ -95,15 +116,24 @@ class Monitor:
 
     # ------------------------------------------------------------------ tasks
     async def _events_loop(self) -> None:
+        src = self.event_source
+        backoff = Backoff()
         try:
-            async for evs in self.event_source.batches():
-                self._account_events.extend(evs)
-                self._wake.set()
-                await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("account events %s failed", self.event_source.name)
+            while not src.closed:
+                try:  # the sources retry their own read errors; this is the last line
+                    async for evs in src.batches():
+                        if not self._pending_since_ns:
+                            self._pending_since_ns = time.time_ns()
+                        self._account_events.extend(evs)
+                        self._wake.set()
+                        await asyncio.sleep(0)
+                        backoff.reset()
+                    break  # a finite source (a file) ended
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - retried, counted, in health
+                    src.status.failed(exc, "other", backoff.peek())
+                    await asyncio.sleep(backoff.next())
         finally:
             self._events_done = True
             self._wake.set()
@@ -114,8 +144,7 @@ class Monitor:
         src, reader = self.event_source, getattr(self.event_source, "reader", None)
         dl = DeadLetters(redis_url=getattr(reader, "url", None),
                          stream=f"{reader.stream}:dead" if reader is not None else None,
-                         spill_dir=cfg.spill_dir,
-                         on_count=lambda r: self.metrics.account_events_rejected.labels(r).inc())
+                         spill_dir=cfg.spill_dir)
         if src is not None:  # undecodable messages are dead-lettered too
             src.on_reject = lambda reason, raw, why: dl.reject(reason, why, raw, src.name)
         parser = getattr(self.feed, "parser", None)
@@ -146,6 +175,7 @@ class Monitor:
                                          {**ev, "account_id": ids[a]}, src)
 
     async def _feed_loop(self) -> None:
+        live_feed = self.feed_kind in ("websocket", "redis")
         try:
             async for batch in self.feed.batches():
                 if batch.events:  # scenario events (suspensions) travel with the ticks
@@ -154,14 +184,23 @@ class Monitor:
                 if len(batch):
                     if self._oldest_recv_ns == 0:
                         self._oldest_recv_ns = batch.recv_ns
+                    if not self._pending_since_ns:
+                        self._pending_since_ns = time.time_ns()
                     self.engine.add_ticks(batch.sec, batch.price, batch.ts)
                     self.metrics.ticks.inc(len(batch))
+                    if live_feed:  # replayed and simulated ticks carry their own clock
+                        self.metrics.feed_lag.set((batch.recv_ns - int(batch.ts.max())) / 1e9)
                     self._wake.set()
                 await asyncio.sleep(0)  # let the cycle and output tasks run
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("feed %s failed", self.feed.name)
+        except Exception as exc:  # the adapters retry their own read errors: this is a bug,
+            # and the feed cannot be resumed; health says so (state `error`) until a restart
+            msg = redact(f"{type(exc).__name__}: {exc}", self._secrets)[:500]
+            self._feed_failure = (time.time_ns(), msg, type(exc).__name__)
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.error("feed %s failed and stopped: %s\n%s", self.feed.name, msg,
+                      redact(tb, self._secrets))
         finally:
             self._feed_done = True
             self._wake.set()
@@ -195,19 +234,26 @@ class Monitor:
                 self.desk.before_cycle()
                 events = self.engine.cycle(time.time_ns())
                 self.publish(events)
-                c = self.engine.last_cycle
-                self.metrics.cycles.labels(c.path).inc()
-                self.metrics.cycle_seconds.observe(c.ns / 1e9)
                 if oldest:
                     self.metrics.tick_to_event.observe((time.time_ns() - oldest) / 1e9)
             else:
                 self.publish(self.engine.cycle(time.time_ns()))  # deadlines of open calls
+            self._cycle_ended()
             if self.snapshots is not None and self.snapshots.due():
                 self.snapshots.take()  # between cycles: no tick or account event is queued
             if self._feed_done and self._events_done and not self.engine.pending \
                     and not self._account_events:
                 return
             await asyncio.sleep(0)
+
+    def _cycle_ended(self) -> None:
+        c = self.engine.last_cycle
+        self.metrics.cycles.labels(c.path).inc()
+        self.metrics.cycle_seconds.observe(c.ns / 1e9)
+        self._last_cycle_end_ns = now = time.time_ns()
+        self.metrics.last_cycle_end.set(now / 1e9)
+        if not (self.engine.pending or self._account_events):
+            self._pending_since_ns = 0
 
     async def _heartbeat_loop(self) -> None:
         beats = 0
@@ -238,56 +284,148 @@ class Monitor:
         now = time.time_ns()
         s = self.engine.summary(now)
         fs = self.feed.stats()
+        feed = self._feed_view(now, fs)
+        feed_state, feed_since, feed_error = feed[:3]
         s["feed"] = fs.as_dict()
         s["feed"]["lag_s"] = ((now - fs.last_message_ns) / 1e9) if fs.last_message_ns else None
         s["feed"]["done"] = self._feed_done
-        s["feed"]["state"] = self._feed_state(now, fs)
+        s["feed"]["state"] = feed_state
+        s["feed"]["not_live_s"] = _not_live_s(feed_state, feed_since, now)
+        s["feed"]["error"] = feed_error
+        st = getattr(self.feed, "status", None)
+        s["feed"]["errors"] = dict(st.errors) if st is not None else {}
+        s["feed"]["simulated"] = self.feed_kind == "synthetic"
         stale = fs.staleness_s(now)
         s["feed"]["stale_symbols_60s"] = int(np.sum(~np.isnan(stale) & (stale > 60)))
         if self.event_source is not None:
+            ev_state, ev_since, ev_error, _ = self._events_view(now)
             s["account_events"] = {**self.event_source.stats(),
                                    "applied": self.engine.account_events.applied,
                                    "rejected": dict(self.event_rejects),
-                                   "dead_letters": self.dead_letters.stats()}
-        for reason, n in fs.rejected.items():
-            self.metrics.rejected.labels(reason).set(n)
-        for name, n in s["tiers"].items():
-            self.metrics.accounts.labels(name).set(n)
+                                   "dead_letters": self.dead_letters.stats(),
+                                   "state": ev_state, "error": ev_error,
+                                   "not_live_s": _not_live_s(ev_state, ev_since, now),
+                                   "queued": len(self._account_events)}
+        s["account_events_applied"] = self.engine.account_events.applied
+        s["account_events_rejected"] = dict(self.event_rejects)
+        s["pending_symbols"] = self.engine.pending
+        s["pending_s"] = (now - self._pending_since_ns) / 1e9 if self._pending_since_ns else 0.0
+        s["last_cycle"]["ended_ns"] = self._last_cycle_end_ns
         if self.outbox is not None:
             os_ = self.outbox.stats()
-            s["outbox"] = {k: os_[k] for k in ("queued", "spilled", "published", "connected",
-                                               "failures")}
-            self.metrics.outbox_queued.set(os_["queued"])
-            self.metrics.outbox_spilled.set(os_["spilled"])
+            s["outbox"] = {k: os_[k] for k in (
+                "queued", "spilled", "backlog", "in_flight", "published", "connected",
+                "failures", "reconnects", "resent", "spill_errors", "oldest_queued_age_s",
+                "last_error")}
         s["patterns"] = self.engine.patterns.stats()
         if self.snapshots is not None:
             s["snapshot"] = self.snapshots.stats()
         if self.audit is not None:
             s["audit"] = self.audit.stats()
         if self.server is not None:
-            ss = self.server.stats()
-            s["websocket"] = ss
-            self.metrics.ws_clients.set(ss.get("clients", 0))
+            s["websocket"] = self.server.stats()
+        reasons = self._unhealthy(now, feed)
+        s["health"] = {"ok": not reasons, "reasons": reasons}
         return s
 
-    def health(self) -> dict:
+    def health(self, now_ns: int | None = None) -> dict:
+        """/healthz: `ok` false (HTTP 503) with `reasons` when the tick feed or the account-event
+        source has not been live for longer than `source_grace_s`, or ticks or account events
+        have waited longer than `cycle_stall_s` for a cycle; the states and the figures behind
+        them either way. `now_ns` is for tests."""
+        now = time.time_ns() if now_ns is None else now_ns
         fs = self.feed.stats()
-        now = time.time_ns()
-        feed_age = (now - fs.last_message_ns) / 1e9 if fs.last_message_ns else None
-        return {"ok": True, "run_id": self.engine.run_id, "seq": self.engine.seq,
-                "cycles": self.engine.cycles, "feed_age_s": feed_age,
-                "feed_done": self._feed_done, "feed_state": self._feed_state(now, fs)}
+        feed = self._feed_view(now, fs)
+        ev = (self._events_view(now) if self.event_source is not None
+              else ("none", now, None, None))
+        reasons = self._unhealthy(now, feed)
+        out = {"ok": not reasons, "reasons": reasons, "run_id": self.engine.run_id,
+               "seq": self.engine.seq, "cycles": self.engine.cycles,
+               "feed_age_s": (now - fs.last_message_ns) / 1e9 if fs.last_message_ns else None,
+               "feed_done": self._feed_done, "feed_state": feed[0], "feed_error": feed[3],
+               "feed_simulated": self.feed_kind == "synthetic",
+               "events_state": ev[0], "events_error": ev[3],
+               "last_cycle_age_s": ((now - self._last_cycle_end_ns) / 1e9
+                                    if self._last_cycle_end_ns else None),
+               "pending_symbols": self.engine.pending,
+               "pending_account_events": len(self._account_events)}
+        if self.outbox is not None:
+            os_ = self.outbox.stats()
+            out["outbox_connected"] = os_["connected"]
+            out["outbox_backlog"] = os_["backlog"]
+        return out
 
-    def _feed_state(self, now: int, fs) -> str:
-        """live | stale (silent for `stale_feed_s`: prices are old, nothing is re-tiered on
-        them) | disconnected (a live feed reconnecting) | waiting (nothing yet) | done."""
+    def _unhealthy(self, now: int, feed: tuple) -> list[str]:
+        """Why health() is not ok ([] when it is); no host, URL or key in it: /healthz is open.
+        The full (redacted) errors are in the summary and the log."""
+        cfg = self.cfg
+        bad = {"waiting", "reconnecting", "error"}
+        reasons = []
+        st = getattr(self.feed, "status", None)
+        connected = st is None or st.state == "live"
+        # idle (connected, no tick for a while, or none yet): unhealthy unless configured not
+        if cfg.stale_feed_unhealthy:
+            feed_bad = bad | {"stale"}
+        else:
+            feed_bad = {"reconnecting", "error"} | (set() if connected else {"waiting"})
+        sources = [("feed", feed, feed_bad)]
+        if self.event_source is not None:
+            sources.append(("account events", self._events_view(now), bad))
+        for what, (state, since, _, brief), unhealthy in sources:
+            down = (now - since) / 1e9
+            if state in unhealthy and down > cfg.source_grace_s:
+                why = f"{what} {state} for {down:.0f}s"
+                if state in ("reconnecting", "error") and brief:
+                    why += f": {brief}"
+                elif state == "stale":
+                    why += f" (no tick for {down + cfg.stale_feed_s:.0f}s)"
+                reasons.append(why)
+        if self._pending_since_ns:
+            waited = (now - self._pending_since_ns) / 1e9
+            if waited > cfg.cycle_stall_s:
+                last = ((now - self._last_cycle_end_ns) / 1e9 if self._last_cycle_end_ns
+                        else None)
+                reasons.append(
+                    f"cycle stalled: {self.engine.pending} securities and "
+                    f"{len(self._account_events)} account events waiting for {waited:.0f}s; "
+                    + (f"the last cycle ended {last:.0f}s ago" if last is not None
+                       else "no cycle has run yet"))
+        return reasons
+
+    def _feed_view(self, now: int, fs) -> tuple[str, int, str | None, str | None]:
+        """(state, since when, last error, its brief form) of the tick feed. States: live |
+        waiting (nothing received yet, or not connected yet) | stale (no message for
+        `stale_feed_s`: prices are old, nothing is re-tiered on them) | reconnecting (a
+        connection error; retrying) | error (another error: WRONGTYPE, NOPERM...; retrying, or
+        the feed failed for good) | done (a finite feed ended)."""
+        if self._feed_failure is not None:
+            return "error", *self._feed_failure
         if self._feed_done:
-            return "done"
-        if getattr(self.feed, "connected", True) is False:
-            return "disconnected"
+            return "done", now, None, None
+        start = self._sources_started_ns or now
+        st = getattr(self.feed, "status", None)
+        if st is not None and st.state in ("waiting", "reconnecting", "error"):
+            return (st.state, max(st.down_since_ns or start, start), st.last_error,
+                    st.last_error_brief)
         if not fs.last_message_ns:
-            return "waiting"
-        return "stale" if (now - fs.last_message_ns) / 1e9 > self.cfg.stale_feed_s else "live"
+            return "waiting", start, None, None
+        stale_at = fs.last_message_ns + int(self.cfg.stale_feed_s * 1e9)
+        if now > stale_at:
+            return "stale", max(stale_at, start), None, None
+        return "live", now, None, None
+
+    def _events_view(self, now: int) -> tuple[str, int, str | None, str | None]:
+        """(state, since when, last error, its brief form) of the account-event source: live
+        (connected or reading; idle is fine) | waiting | reconnecting | error | done (a file
+        read to its end)."""
+        st = self.event_source.status
+        if self._events_done and st.state == "live":
+            return "done", now, None, None
+        start = self._sources_started_ns or now
+        if st.state in ("waiting", "reconnecting", "error"):
+            return (st.state, max(st.down_since_ns or start, start), st.last_error,
+                    st.last_error_brief)
+        return st.state, now, None, None
 
     # ------------------------------------------------------------------ life cycle
     async def run(self) -> int:
@@ -299,7 +437,8 @@ class Monitor:
         if self.redis_url:
             self.outbox = self.outbox_factory(self.redis_url, stream=self.cfg.alerts_stream,
                                       maxlen=self.cfg.alerts_maxlen,
-                                      summary_key=self.cfg.summary_key,
+                                      summary_key=self.cfg.summary_key_resolved,
+                                      summary_ttl=self.cfg.summary_ttl_resolved,
                                       spill_dir=self.cfg.spill_dir)
         self.desk.store = (RedisAckStore(self.redis_url) if self.redis_url
                            else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
@@ -342,6 +481,10 @@ class Monitor:
         gc.freeze()  # the book and start-up objects: full collections then skip them
         log.info("start: %d accounts, %d at WARNING or worse announced", self.book.n_accounts,
                  self.events_emitted)
+        if self.feed_kind == "synthetic":
+            log.warning("feed %s: SIMULATED prices (a synthetic random walk), not market data",
+                        self.feed.name)
+        self._sources_started_ns = time.time_ns()  # the health grace counts from here
         cycle = asyncio.create_task(self._cycle_loop(), name="cycle")
         feed = asyncio.create_task(self._feed_loop(), name="feed")
         if self.event_source is not None:
@@ -386,6 +529,9 @@ class Monitor:
             if self.control is not None:
                 with contextlib.suppress(Exception):
                     await self.control.aclose()
+        if self._feed_failure is not None and self.cfg.until_feed_ends:
+            log.error("the feed failed (%s): exit status 1", self._feed_failure[1])
+            return 1
         return 0
 
     async def _load_acks_loop(self) -> None:

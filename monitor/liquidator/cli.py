@@ -44,7 +44,8 @@ def liquidator(args) -> int:
                   consumer=args.consumer, hook=args.hook, mode=args.mode,
                   dry_run=True if args.dry_run else None,
                   webhook_secret_file=args.webhook_secret_file, repricer=args.repricer,
-                  repricer_token_file=args.repricer_token_file, log_level=args.log_level)
+                  repricer_token_file=args.repricer_token_file, log_level=args.log_level,
+                  metrics_listen=getattr(args, "metrics_listen", None))
     if cfg is None:
         return EXIT_INVALID
     if args.until_idle is not None and args.until_idle < 0:
@@ -58,13 +59,31 @@ def liquidator(args) -> int:
         print(f"margin-monitor liquidator: {e}", file=sys.stderr)
         return EXIT_INVALID
 
+    metrics = None
+    if cfg.metrics_listen:
+        from monitor.liquidator.metrics import MetricsServer
+
+        metrics = MetricsServer(worker, cfg.metrics_listen)
+        try:
+            host, port = metrics.start()
+        except OSError as e:
+            print(f"margin-monitor liquidator: metrics_listen {cfg.metrics_listen}: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return EXIT_INVALID
+        print(f"margin-monitor liquidator: metrics on http://{host}:{port}/metrics",
+              file=sys.stderr, flush=True)
+
     async def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop)
         return await worker.run(until_idle=args.until_idle)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 def _who(args) -> str:

@@ -31,6 +31,7 @@ done_ttl = 604800.0                   # how long completed event ids are remembe
 concurrency = 4                       # entries one worker handles at once
 block = 1.0                           # XREADGROUP BLOCK, seconds
 log_level = "info"
+metrics_listen = ""                   # HOST:PORT of /metrics, loopback only (port 0: any); off
 
 [modes]                               # per line profile (the event's `profile`)
 default = "auto"
@@ -41,6 +42,7 @@ retail = "notify"
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field, fields
@@ -84,6 +86,7 @@ class LiquidatorConfig:
     concurrency: int = 4
     block: float = 1.0
     log_level: str = "info"
+    metrics_listen: str = ""  # /metrics (monitor/liquidator/metrics.py); off when empty
 
     def mode_for(self, profile: str | None) -> str:
         """The mode of a profile; an account with its own line overrides has a derived
@@ -124,6 +127,8 @@ class LiquidatorConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{k}: must be a whole number >= 1")
+        if self.metrics_listen:
+            parse_listen(self.metrics_listen)
         if not self.consumer:
             self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         return self
@@ -138,6 +143,27 @@ class LiquidatorConfig:
             self.repricer_token = _read_secret(self.repricer_token_file, "repricer_token_file")
         elif not self.repricer_token:
             self.repricer_token = os.environ.get("MARGIN_MONITOR_TOKEN", "")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` on a loopback address (the endpoint has no token) -> (host, port)."""
+    host, _, port = str(listen).rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        p = int(port)
+    except ValueError:
+        p = -1
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"metrics_listen: expected HOST:PORT, got {listen!r}")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"metrics_listen: {host!r} is not a loopback address; the "
+                          "liquidator's /metrics has no token, so it binds 127.0.0.1 or ::1 only "
+                          "(scrape it through a local agent)")
+    return host, p
 
 
 def _read_secret(path: str, key: str) -> str:

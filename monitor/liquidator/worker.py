@@ -113,6 +113,11 @@ class Liquidator:
         self._masked = mask_url(cfg.redis)
         self._secrets = url_secrets(cfg.redis)
         self.stats: Counter = Counter()
+        # read by /metrics (monitor/liquidator/metrics.py): XPENDING per stream, approvals
+        # waiting, kill switch, whether Redis answered the last loop, and when that was
+        self.gauges: dict[str, float] = {}
+        self.redis_up = False
+        self.last_loop_ns = 0
         self._stop = asyncio.Event()
         self._tasks: dict[tuple[str, bytes], asyncio.Task] = {}
         self._local: dict[tuple[str, bytes], _Local] = {}
@@ -130,6 +135,27 @@ class Liquidator:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def in_progress(self) -> int:
+        """Entries being handled now."""
+        return len(self._tasks)
+
+    @property
+    def waiting(self) -> int:
+        """Entries this worker holds for later (a retry's backoff, a cool-down, a busy lock)."""
+        return len(self._local)
+
+    async def _refresh_gauges(self) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xpending(self.alerts, self.group)
+        pipe.xpending(self.approved, self.group)
+        pipe.hlen(self.keys.approvals)
+        pipe.exists(self.keys.kill)
+        alerts, approved, approvals, kill = await pipe.execute()
+        self.gauges = {"pending_alerts": (alerts or {}).get("pending", 0),
+                       "pending_approved": (approved or {}).get("pending", 0),
+                       "approvals": approvals, "kill_switch": 1 if kill else 0}
 
     async def _setup(self) -> None:
         import redis.asyncio as aioredis
@@ -176,7 +202,7 @@ class Liquidator:
                     return 1
                 await self._sleep(backoff.next())
         last_work = time.monotonic()
-        next_claim = 0.0
+        next_claim = next_gauges = 0.0
         backoff = self._backoff()
         try:
             while not self.stopping:
@@ -186,6 +212,9 @@ class Liquidator:
                         if await self._reclaim():
                             last_work = time.monotonic()
                         next_claim = time.monotonic() + self._claim_every
+                    if now >= next_gauges:
+                        await self._refresh_gauges()
+                        next_gauges = time.monotonic() + min(5.0, self._claim_every)
                     self._start_due()
                     free = c.concurrency - len(self._tasks)
                     wait = min(c.block, max(0.01, next_claim - time.monotonic()))
@@ -208,10 +237,12 @@ class Liquidator:
                                  until_idle)
                         break
                     backoff.reset()
+                    self.redis_up, self.last_loop_ns = True, time.time_ns()
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - Redis outage: back off, go on
                     self.stats["redis_errors"] += 1
+                    self.redis_up, self.last_loop_ns = False, time.time_ns()
                     log.warning("liquidator: Redis error (%s); retrying in %.1fs",
                                 self._redact(f"{type(e).__name__}: {e}"), backoff.peek())
                     await self._sleep(backoff.next())
@@ -365,6 +396,7 @@ class Liquidator:
                                          f"failed {tries} times: {msg}")
                 return
             delay = self._backoff(attempt=tries - 1).next()
+            self.stats["retries"] += 1
             log.warning("liquidator: %s %s failed (%s); again in %.1fs", stream,
                         entry_id.decode(), msg, delay)
             if not self.stopping:
@@ -538,6 +570,7 @@ class Liquidator:
                 log.warning("liquidator: re-pricing %s (account %s) failed (attempt %d/%d): %s",
                             job.event_id, job.account_id, n, c.max_attempts, last)
             if n < c.max_attempts:
+                self.stats["retries"] += 1
                 await self._sleep(backoff.next())
                 if self.stopping:
                     return None  # left pending: another worker or the next run goes on
@@ -579,6 +612,7 @@ class Liquidator:
                 log.warning("liquidator: hook %s failed for event %s (attempt %d/%d): %s",
                             self.hook.name, job.event_id, n, c.max_attempts, last)
             if n < c.max_attempts:
+                self.stats["retries"] += 1
                 await self._sleep(backoff.next())
                 if self.stopping:
                     return

@@ -131,7 +131,7 @@ async def test_events_delivered_in_order_with_identical_payloads(redis_fresh, tm
     datas = read_stream(redis_fresh.url, "t:order")
     assert datas == sent == [encode_event(e) for e in events]
     r = redis.Redis.from_url(redis_fresh.url)
-    assert r.get("margin:summary") == orjson.dumps(summary)
+    assert r.get("t:order:summary") == orjson.dumps(summary)
     r.close()
     st = ob.stats()
     assert st["published"] == 2500 and st["backlog"] == 0 and st["connected"]

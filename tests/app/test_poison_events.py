@@ -102,7 +102,7 @@ def rejected_as_wanted(port):
 
 
 def applied(r):
-    return orjson.loads(r.get("margin:summary") or b"{}").get("account_events", {}).get(
+    return orjson.loads(r.get("margin:alerts:summary") or b"{}").get("account_events", {}).get(
         "applied")
 
 
@@ -143,7 +143,7 @@ def test_poison_through_the_redis_event_stream_sigkill_and_replay(redis_fresh, t
             metric(get(port, "/metrics"), "mm_account_events_rejected_total", k) == v
             for k, v in wanted.items()) and get(port, "/metrics"), proc, "the rejections")
         assert metric(text, "mm_account_events_rejected_total", "internal_error") == 0
-        wait_for(lambda: metric(get(port, "/metrics"), "mm_ticks_rejected", "future_ts") == 1,
+        wait_for(lambda: metric(get(port, "/metrics"), "mm_ticks_rejected_total", "future_ts") == 1,
                  proc, "the future tick's rejection")
         assert "mm_ticks_accepted_total 2.0" in get(port, "/metrics")
         # the dead-letter stream beside the event stream: reason and raw event of each
@@ -203,7 +203,7 @@ def test_poison_through_a_jsonl_event_file_dead_letters_to_the_spill_dir(tmp_pat
     try:
         text = wait_for(lambda: rejected_as_wanted(port), proc, "the rejections")
         assert metric(text, "mm_account_events_rejected_total", "internal_error") == 0
-        wait_for(lambda: metric(get(port, "/metrics"), "mm_ticks_rejected", "future_ts") == 1,
+        wait_for(lambda: metric(get(port, "/metrics"), "mm_ticks_rejected_total", "future_ts") == 1,
                  proc, "the future tick's rejection")
         assert "mm_ticks_accepted_total 1.0" in get(port, "/metrics")
         assert stop(proc) == 0

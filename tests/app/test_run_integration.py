@@ -98,9 +98,12 @@ async def test_replayed_ticks_give_the_expected_transitions_on_both_outputs(moni
     req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
                                  headers={"Authorization": f"Bearer {TOKEN}"})
     metrics = urllib.request.urlopen(req, timeout=5).read().decode()
-    assert 'mm_ticks_rejected{reason="unknown_symbol"} 1.0' in metrics
-    assert 'mm_ticks_rejected{reason="non_finite"} 1.0' in metrics
-    summary = orjson.loads(r.get("margin:summary"))
+    assert 'mm_ticks_rejected_total{reason="unknown_symbol"} 1.0' in metrics
+    assert 'mm_ticks_rejected_total{reason="non_finite"} 1.0' in metrics
+    assert 'mm_ticks_rejected_total{reason="out_of_band"} 0.0' in metrics  # there from 0
+    assert 'mm_account_events_rejected_total{reason="unknown_account"} 1.0' in metrics
+    assert 'mm_feed_state{state="live"} 1.0' in metrics
+    summary = orjson.loads(r.get("it:alerts:summary"))
     assert summary["account_events"]["rejected"] == {"unknown_account": 1}
     assert summary["account_events"]["applied"] == 1
     assert summary["tiers"]["MARGIN_CALL"] == 1  # C-TV2 only; C-EXACT130 is back to WARNING

@@ -13,11 +13,14 @@ from monitor.book import synthetic as synthbook
 
 def test_redis_stopped_and_restarted_mid_run_loses_no_event(redis_fresh, tmp_path):
     book = tmp_path / "book"
+    # the summary key expires a few heartbeats after the last write; read after the exit
+    (tmp_path / "monitor.toml").write_text("summary_ttl_s = 3600.0\n")
     synthbook.write_book(synthbook.generate(4000, 200, seed=3), book)
     cmd = [sys.executable, "-m", "monitor.cli", "run", "--book", str(book),
            "--feed", "synthetic:crash?drop=0.12&minutes=3&speed=40&duration=6&seed=3",
            "--redis", redis_fresh.url, "--alerts-stream", "out:alerts",
-           "--listen", "127.0.0.1:0", "--until-feed-ends"]
+           "--listen", "127.0.0.1:0", "--until-feed-ends", "--config",
+           str(tmp_path / "monitor.toml")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     r = redis.Redis.from_url(redis_fresh.url)
     deadline = time.monotonic() + 60
@@ -32,7 +35,7 @@ def test_redis_stopped_and_restarted_mid_run_loses_no_event(redis_fresh, tmp_pat
     assert proc.returncode == 0, err.decode()[-3000:]
     r = redis.Redis.from_url(redis_fresh.url)
     entries = [orjson.loads(e[1][b"data"]) for e in r.xrange("out:alerts")]
-    last_seq = orjson.loads(r.get("margin:summary"))["seq"]
+    last_seq = orjson.loads(r.get("out:alerts:summary"))["seq"]
     # Redis restarted empty, so what it held before the stop is gone; everything published
     # from the outage on must be there, gap-free and in order
     seqs = []

@@ -2,10 +2,10 @@
 
 `margin-monitor run` (a subprocess) plays a synthetic index crash on a synthetic book and
 publishes to a private Redis; the page logs in with `/?token=`, alert rows appear, the tier board
-matches the monitor's own summary (the `margin:summary` key in Redis), a drill-down shows the same
-ratio as `margin-monitor evaluate` on the book at the crash's final prices (recomputed here from
-the same seeded feed), an acknowledgement survives a reload and a monitor restart, and a wrong
-token gets 401 and nothing else. A screenshot of the screen under the crash is saved to
+matches the monitor's own summary (the `margin:alerts:summary` key in Redis), a drill-down shows
+the same ratio as `margin-monitor evaluate` on the book at the crash's final prices (recomputed
+here from the same seeded feed), an acknowledgement survives a reload and a monitor restart, and
+a wrong token gets 401 and nothing else. A screenshot of the screen under the crash is saved to
 `artifacts/desk/desk-crash.png` (or `$MM_ARTIFACTS/desk-crash.png`).
 
 Needs `/usr/bin/chromium` (scripts/test installs Debian's package) and the `playwright` Python
@@ -197,7 +197,7 @@ def test_risk_desk_in_chromium(desk):
                 assert time.monotonic() < deadline, "feed did not end"
                 time.sleep(0.2)
             time.sleep(1.5)  # one more heartbeat: the summary after the last cycle
-            want = orjson.loads(r.get("margin:summary"))
+            want = orjson.loads(r.get("margin:alerts:summary"))
             tiers = ["FORCED_LIQUIDATION", "MARGIN_CALL", "WARNING", "NORMAL", "WITHDRAWABLE",
                      "NO_DEBT"]
             for t in tiers:

@@ -208,7 +208,7 @@ async def test_fills_come_back_as_account_events_and_the_monitor_reevaluates(
     r.xadd("acct", {"data": json.dumps(fills[1])})  # the broker re-sends a fill
     deadline = time.monotonic() + 10
     while True:
-        summary = orjson.loads(r.get("margin:summary") or b"{}")
+        summary = orjson.loads(r.get("margin:alerts:summary") or b"{}")
         if summary.get("account_events", {}).get("rejected", {}).get("duplicate") == 1:
             break
         assert time.monotonic() < deadline, summary.get("account_events")

@@ -312,7 +312,9 @@ def test_the_engine_builds_its_controls_with_the_table(tmp_path):
 def test_bad_settings_stop_the_run(tmp_path, toml, flag, words):
     (tmp_path / "monitor.toml").write_text(toml)
     (tmp_path / "book.json").write_text(json.dumps(BOOK))
+    (tmp_path / "empty.jsonl").write_text("")
     p = subprocess.run([sys.executable, "-m", "monitor.cli", "run", "--config",
                         str(tmp_path / "monitor.toml"), "--book", str(tmp_path / "book.json"),
-                        *flag], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                        "--feed", f"replay:{tmp_path / 'empty.jsonl'}", *flag],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 2 and words in p.stderr, p.stderr

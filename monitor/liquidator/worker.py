@@ -103,10 +103,10 @@ class Liquidator:
         self.alerts = cfg.alerts_stream
         self.approved = self.keys.approved
         self.hook = hook if hook is not None else open_hook(
-            cfg.hook, secret=cfg.webhook_secret, timeout=cfg.webhook_timeout,
-            dry_run=cfg.dry_run)
+            cfg.hook, secret=cfg.webhook_secret, dry_run=cfg.dry_run,
+            http=cfg.http_settings("webhook"))
         self.repricer = (open_repricer(cfg.repricer, token=cfg.repricer_token,
-                                       timeout=cfg.repricer_timeout)
+                                       http=cfg.http_settings("repricer"))
                          if repricer == "config" else repricer)
         self._client = client
         self._own_client = client is None

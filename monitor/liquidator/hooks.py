@@ -125,8 +125,7 @@ class WebhookHook(Hook):
             raise ValueError(f"webhook: not a usable URL: {self.name!r}: {e}") from None
         self.http = http if http is not None else HttpSettings.uniform(timeout)
         self.timeout = self.http.read_timeout
-        self._client = OutboundClient(self.http, https=parts.scheme == "https",
-                                      what="webhook", auth=auth, verify=ssl_context)
+        self._client = OutboundClient(self.http, what="webhook", auth=auth, verify=ssl_context)
 
     def request(self, orders: list[dict], key: str, now: float | None = None
                 ) -> tuple[bytes, dict[str, str]]:

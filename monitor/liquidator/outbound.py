@@ -13,8 +13,8 @@ verification off. ``user:password@`` in a URL is taken out of the URL and sent a
 authentication, so no URL this module hands to httpx (whose request log prints URLs) carries a
 password; httpx's log lines are masked as well (``password=`` in a query).
 
-Environment proxies and ``.netrc`` are not used (``trust_env=False``), redirects are not
-followed: the same as the ``http.client`` code this replaced.
+Environment proxies and ``.netrc`` are not used (``trust_env=False``) and redirects are not
+followed (a 3xx is an answer like any other).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def ssl_context(settings: HttpSettings, what: str) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=settings.ca_file or None)
     except (OSError, ssl.SSLError) as e:
         raise ValueError(f"{what}: cannot use the CA file {settings.ca_file!r}: {e}") from None
+    ctx.minimum_version = max(ctx.minimum_version, ssl.TLSVersion.TLSv1_2)
     if settings.client_key and not settings.client_cert:
         raise ValueError(f"{what}: a client key without a client certificate")
     if settings.client_cert:
@@ -94,13 +95,13 @@ class OutboundClient:
     """A lazily created, pooled ``httpx.AsyncClient`` for one target; :meth:`aclose` closes it
     (a later call creates a new one, e.g. when the worker runs again on another loop)."""
 
-    def __init__(self, settings: HttpSettings, *, https: bool, what: str,
+    def __init__(self, settings: HttpSettings, *, what: str,
                  auth: httpx.BasicAuth | None = None,
                  verify: ssl.SSLContext | None = None):
         self.settings = settings
         self._auth = auth
-        self._verify: ssl.SSLContext | bool = (
-            verify if verify is not None else ssl_context(settings, what) if https else True)
+        # built now, also for an http:// URL, so a bad CA or certificate file stops the start
+        self._verify = verify if verify is not None else ssl_context(settings, what)
         self._client: httpx.AsyncClient | None = None
 
     def _get(self) -> httpx.AsyncClient:

@@ -77,8 +77,7 @@ class HttpRepricer(Repricer):
             raise ValueError(f"repricer: not a usable URL: {self.name!r}: {e}") from None
         self.http = http if http is not None else HttpSettings.uniform(timeout)
         self.timeout = self.http.read_timeout
-        self._client = OutboundClient(self.http, https=parts.scheme == "https",
-                                      what="repricer", verify=ssl_context)
+        self._client = OutboundClient(self.http, what="repricer", verify=ssl_context)
 
     async def reprice(self, event: dict) -> dict:
         account = event["account_id"]

@@ -227,6 +227,51 @@ async def test_the_client_is_closed_with_the_worker_and_made_again(redis_fresh, 
     assert len(srv.requests) == 2 and srv.connections == 2
 
 
+class SwallowsCancel:
+    """The worker's Redis client, except that XCLAIM takes a while and, like redis-py can with a
+    command in flight, swallows a cancellation and returns normally."""
+
+    def __init__(self, client):
+        self._inner = client
+        self.swallow = True
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def xclaim(self, *args, **kw):
+        if self.swallow:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.6)
+        return await self._inner.xclaim(*args, **kw)
+
+
+async def test_a_slow_call_ends_even_if_the_heartbeat_swallows_its_cancel(redis_fresh, r, serve):
+    """The delivery's heartbeat (lock refresh + XCLAIM every ~0.17 s here) is inside XCLAIM when
+    the 0.3 s POST returns; it must stop anyway, or the entry's task never finishes and keeps
+    its lock alive for ever."""
+    import redis.asyncio as aioredis
+
+    srv = await serve(delay=0.3)
+    publish(r, fl_event("run-hb", "HB"))
+    client = SwallowsCancel(aioredis.from_url(redis_fresh.url))
+    w = Liquidator(cfg_for(redis_fresh.url, hook=srv.url(), webhook_secret=SECRET),
+                   client=client)
+    task = asyncio.create_task(w.run(until_idle=0.3))
+    try:
+        finished, _ = await asyncio.wait([task], timeout=15)
+        if not finished:  # unstick the heartbeat that outlived its cancel, then fail
+            client.swallow = False
+            for t in asyncio.all_tasks():
+                if t.get_coro().__name__ == "_heartbeat":
+                    t.cancel()
+            await asyncio.wait_for(task, 30)
+            pytest.fail("the delivery never ended: its heartbeat outlived the cancel")
+    finally:
+        await client.aclose()
+    assert w.stats["sent"] == 1 and done(r, "run-hb")["outcome"] == "sent"
+    assert not r.exists("margin:liq:lock:run-hb")
+
+
 # ------------------------------------------------------------------------------ timeouts
 
 def full_backlog() -> tuple[socket.socket, list[socket.socket], int]:

@@ -439,21 +439,28 @@ class Liquidator:
             self._defer(job, None, max(0.05, min(self.cfg.lock_ttl / 2, 5.0)),
                         job.force_reprice)
             return
-        beat = asyncio.create_task(self._heartbeat(job, lock, token))
+        done = asyncio.Event()
+        beat = asyncio.create_task(self._heartbeat(job, lock, token, done))
         try:
             await self._deliver_locked(job)
         finally:
+            done.set()
             beat.cancel()
             with contextlib.suppress(BaseException):
                 await beat
             with contextlib.suppress(Exception):
                 await self._release(keys=[lock], args=[token])
 
-    async def _heartbeat(self, job: Job, lock: str, token: str) -> None:
-        """Keep the in-progress marker alive and the entry's idle time low while we work."""
+    async def _heartbeat(self, job: Job, lock: str, token: str, done: asyncio.Event) -> None:
+        """Keep the in-progress marker alive and the entry's idle time low while we work, until
+        `done` is set. Cancelling alone cannot stop it: redis-py may swallow the cancellation
+        of a command in flight and return normally, and the loop would go on for ever."""
         every = max(0.02, min(self.cfg.lock_ttl, self.cfg.claim_idle) / 3)
-        while True:
-            await asyncio.sleep(every)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every)
+            if done.is_set():
+                return
             with contextlib.suppress(Exception):
                 await self._refresh(keys=[lock], args=[token, self.lock_ms])
                 await self._client.xclaim(job.stream, self.group, self.consumer, 0,

@@ -18,6 +18,8 @@ source loop, an HTTP handler) catches :class:`InputError`, never bare ``Exceptio
     │   └── PermanentHookError   the hook refused it for good; not retried
     ├── RepriceError             no fresh plan this time; retried with backoff
     │   └── PermanentRepriceError the monitor does not know the account
+    ├── OutboundError            an outbound HTTP call got no answer (connect, TLS, timeout);
+    │                            the webhook and the repricer turn it into their retried error
     └── Saturated                a benchmark phase could not keep up (ends the ramp)
 """
 
@@ -100,6 +102,11 @@ class RepriceError(MonitorError):
 
 class PermanentRepriceError(RepriceError):
     """The monitor does not know the account: retrying cannot help."""
+
+
+class OutboundError(MonitorError):
+    """No answer: connection refused or reset, a timeout, TLS or protocol failure. The text is
+    ``<ExceptionType>: <detail>`` (``ConnectTimeout``, ``ReadTimeout``, ``ConnectError`` …)."""
 
 
 class Saturated(MonitorError):

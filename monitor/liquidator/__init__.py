@@ -8,6 +8,7 @@ once and idempotent (docs/liquidation.md).
 - hooks.py: where orders go (Redis stream, signed webhook, Python function); ``verify`` for
   webhook receivers.
 - repricer.py: fresh plans from the running monitor when a trigger's plan is too old.
+- outbound.py: the pooled keep-alive HTTP client (httpx) of the webhook and the repricer.
 """
 
 from monitor.liquidator.config import LiquidatorConfig, load_liquidator_config

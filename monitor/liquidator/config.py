@@ -13,7 +13,13 @@ hook = "redis:margin:orders"          # redis:STREAM | http(s)://URL | python:pk
 mode = "auto"                         # auto | approve | notify, for profiles not in [modes]
 dry_run = false                       # log the orders, never send them (own group and keys)
 webhook_secret_file = ""              # HMAC key (>= 16 chars); else MARGIN_LIQ_WEBHOOK_SECRET
-webhook_timeout = 5.0                 # seconds per POST
+webhook_timeout = 5.0                 # read timeout: seconds to wait for the receiver's answer
+webhook_connect_timeout = 5.0         # TCP connect + TLS handshake
+webhook_write_timeout = 5.0           # sending the request
+webhook_pool_timeout = 5.0            # waiting for a free pooled connection
+webhook_ca_file = ""                  # PEM CA bundle for https:// (default: the system's)
+webhook_client_cert = ""              # PEM client certificate (mutual TLS); "" = none
+webhook_client_key = ""               # its key, when not in the certificate file
 max_attempts = 5                      # hook attempts before the dead-letter stream
 backoff_initial = 0.5                 # seconds; doubled per attempt, jittered
 backoff_max = 30.0
@@ -25,7 +31,12 @@ max_orders_per_second = 20            # all workers together (0 = unlimited)
 max_plan_age = 5.0                    # seconds; an older plan is re-priced before it is sent
 repricer = ""                         # http(s)://MONITOR:PORT | python:pkg.mod:function | ""
 repricer_token_file = ""              # the monitor's token; else MARGIN_MONITOR_TOKEN
-repricer_timeout = 5.0
+repricer_timeout = 5.0                # read timeout, as webhook_timeout
+repricer_connect_timeout = 5.0
+repricer_write_timeout = 5.0
+repricer_pool_timeout = 5.0
+repricer_ca_file = ""                 # e.g. the certificate (or CA) of the monitor's tls_cert
+http_keepalive_expiry = 5.0           # an idle pooled connection is closed after this long
 key_prefix = "margin:liq"             # every key the liquidator writes starts with this
 done_ttl = 604800.0                   # how long completed event ids are remembered (7 days)
 concurrency = 4                       # entries one worker handles at once
@@ -47,11 +58,17 @@ import os
 import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from monitor.errors import ConfigError
 from monitor.settings import read_toml
 
+if TYPE_CHECKING:
+    from monitor.liquidator.outbound import HttpSettings
+
 MODES = ("auto", "approve", "notify")
+_HTTP_TIMEOUTS = tuple(f"{t}_{k}_timeout" for t in ("webhook", "repricer")
+                       for k in ("connect", "write", "pool")) + ("http_keepalive_expiry",)
 
 
 @dataclass(slots=True)
@@ -68,6 +85,12 @@ class LiquidatorConfig:
     webhook_secret_file: str = ""
     webhook_secret: str = field(default="", repr=False)
     webhook_timeout: float = 5.0
+    webhook_connect_timeout: float = 5.0
+    webhook_write_timeout: float = 5.0
+    webhook_pool_timeout: float = 5.0
+    webhook_ca_file: str = ""
+    webhook_client_cert: str = ""
+    webhook_client_key: str = ""
     max_attempts: int = 5
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
@@ -81,6 +104,11 @@ class LiquidatorConfig:
     repricer_token_file: str = ""
     repricer_token: str = field(default="", repr=False)
     repricer_timeout: float = 5.0
+    repricer_connect_timeout: float = 5.0
+    repricer_write_timeout: float = 5.0
+    repricer_pool_timeout: float = 5.0
+    repricer_ca_file: str = ""
+    http_keepalive_expiry: float = 5.0
     key_prefix: str = "margin:liq"
     done_ttl: float = 7 * 86400.0
     concurrency: int = 4
@@ -114,7 +142,7 @@ class LiquidatorConfig:
             if m not in MODES:
                 raise ConfigError(f"{name}: {m!r} is not one of {', '.join(MODES)}")
         for k in ("webhook_timeout", "backoff_initial", "backoff_max", "claim_idle", "lock_ttl",
-                  "repricer_timeout", "done_ttl", "block"):
+                  "repricer_timeout", "done_ttl", "block", *_HTTP_TIMEOUTS):
             if not float(getattr(self, k)) > 0:
                 raise ConfigError(f"{k}: must be > 0")
         for k in ("cooldown", "max_plan_age"):
@@ -132,6 +160,24 @@ class LiquidatorConfig:
         if not self.consumer:
             self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         return self
+
+    def http_settings(self, target: str) -> HttpSettings:
+        """The outbound HTTP settings of ``webhook`` or ``repricer`` (monitor/liquidator/
+        outbound.py); the pool holds up to ``concurrency`` connections."""
+        from monitor.liquidator.outbound import HttpSettings  # httpx only when needed
+
+        if target not in ("webhook", "repricer"):
+            raise ValueError(f"http_settings: no target {target!r}")
+        p = f"{target}_"
+        return HttpSettings(
+            connect_timeout=getattr(self, p + "connect_timeout"),
+            read_timeout=getattr(self, p + "timeout"),
+            write_timeout=getattr(self, p + "write_timeout"),
+            pool_timeout=getattr(self, p + "pool_timeout"),
+            ca_file=getattr(self, p + "ca_file"),
+            client_cert=getattr(self, p + "client_cert", ""),  # the webhook only
+            client_key=getattr(self, p + "client_key", ""),
+            max_connections=self.concurrency, keepalive_expiry=self.http_keepalive_expiry)
 
     def resolve_secrets(self) -> None:
         """Read the webhook secret and the repricer token (files, else the environment)."""

@@ -9,7 +9,8 @@ with backoff by the worker.
   the same MULTI/EXEC transaction that records the event as done and acknowledges it: exactly
   once, no duplicates, as long as Redis keeps what it acknowledged.
 - ``http://…`` / ``https://…``: a JSON POST of the list of orders, signed with HMAC-SHA256
-  (``X-Margin-Signature``), ``Idempotency-Key: <event_id>``; 2xx (or 409) is success.
+  (``X-Margin-Signature``), ``Idempotency-Key: <event_id>``; 2xx (or 409) is success. One
+  pooled keep-alive ``httpx`` client per hook (outbound.py).
 - ``python:package.module:function``: ``function(orders)``; a plain function runs in a thread,
   an ``async def`` on the worker's event loop.
 - dry run (``--dry-run``): the orders are logged, nothing is sent.
@@ -18,10 +19,8 @@ with backoff by the worker.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
-import http.client
 import importlib
 import inspect
 import logging
@@ -29,12 +28,14 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+import httpx
 import orjson
 
 from feeds.net import mask_url
-from monitor.errors import HookError, PermanentHookError
+from monitor.errors import HookError, OutboundError, PermanentHookError
+from monitor.liquidator.outbound import HttpSettings, OutboundClient, split_userinfo
 
 log = logging.getLogger("monitor.liquidator")
 
@@ -42,6 +43,7 @@ SIGNATURE_HEADER = "X-Margin-Signature"
 TIMESTAMP_HEADER = "X-Margin-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ORDERS_MAXLEN = 1_000_000
+REPLY_LIMIT = 64 * 1024  # bytes of a webhook's answer read (the status is what counts)
 
 
 def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
@@ -98,10 +100,15 @@ class RedisStreamHook(Hook):
 
 
 class WebhookHook(Hook):
-    """JSON POST of the list of orders; one attempt per `send` (the worker retries)."""
+    """JSON POST of the list of orders; one attempt per `send` (the worker retries). One pooled
+    keep-alive client for the hook's life (outbound.py); `aclose` closes it.
+
+    ``http`` holds the timeouts, TLS files and pool size; without it every timeout is
+    ``timeout`` (seconds)."""
 
     def __init__(self, url: str, secret: str, timeout: float = 5.0,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, *,
+                 http: HttpSettings | None = None):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"webhook: not an http(s) URL: {mask_url(url)!r}")
@@ -109,38 +116,35 @@ class WebhookHook(Hook):
             raise ValueError("webhook: a signing secret of at least 16 characters is required "
                              "(webhook_secret_file or MARGIN_LIQ_WEBHOOK_SECRET)")
         self._secret = secret.encode()
-        self.url = url
         self.name = mask_url(url)
-        self.timeout = timeout
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._auth = None
-        if parts.username is not None:
-            cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self._auth = "Basic " + base64.b64encode(cred.encode()).decode()
-        self._ssl = ssl_context if ssl_context is not None else (
-            ssl.create_default_context() if self._https else None)
+        # userinfo becomes Basic auth; the URL we keep and hand to httpx has none
+        self.url, auth = split_userinfo(url)
+        try:
+            httpx.URL(self.url)
+        except httpx.InvalidURL as e:
+            raise ValueError(f"webhook: not a usable URL: {self.name!r}: {e}") from None
+        self.http = http if http is not None else HttpSettings.uniform(timeout)
+        self.timeout = self.http.read_timeout
+        self._client = OutboundClient(self.http, what="webhook", auth=auth, verify=ssl_context)
 
     def request(self, orders: list[dict], key: str, now: float | None = None
                 ) -> tuple[bytes, dict[str, str]]:
-        """The body and headers of one attempt (the body is the same on every attempt)."""
+        """The body and headers of one attempt (the body is the same on every attempt; the
+        Basic credentials of the URL are added by the client)."""
         body = orjson.dumps(orders)
         ts = int(time.time() if now is None else now)
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key,
                    TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(self._secret, ts, body),
                    "User-Agent": "margin-monitor-liquidator/1"}
-        if self._auth:
-            headers["Authorization"] = self._auth
         return body, headers
 
     async def send(self, orders: list[dict], key: str) -> None:
         body, headers = self.request(orders, key)
         try:
-            status, reply = await asyncio.to_thread(self._post, body, headers)
-        except (OSError, http.client.HTTPException) as e:
-            raise HookError(f"{self.name}: {type(e).__name__}: {e}") from None
+            status, reply = await self._client.request("POST", self.url, headers=headers,
+                                                       content=body, limit=REPLY_LIMIT)
+        except OutboundError as e:  # no answer (connect, TLS, timeout, reset): retried
+            raise HookError(f"{self.name}: {e}") from None
         if 200 <= status < 300 or status == 409:  # 409: the receiver already has this key
             return
         text = reply[:200].decode("utf-8", "replace").strip()
@@ -149,18 +153,8 @@ class WebhookHook(Hook):
             raise HookError(msg)
         raise PermanentHookError(msg)
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        if self._https:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.timeout, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        try:
-            conn.request("POST", self._path, body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read(64 * 1024)
-        finally:
-            conn.close()
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def load_callable(spec: str, what: str) -> Callable[..., Any]:
@@ -215,7 +209,7 @@ class DryRunHook(Hook):
 
 
 def open_hook(spec: str, *, secret: str = "", timeout: float = 5.0,
-              dry_run: bool = False) -> Hook:
+              dry_run: bool = False, http: HttpSettings | None = None) -> Hook:
     """A hook from its spec (``redis:STREAM``, ``http(s)://…``, ``python:mod:fn``); with
     ``dry_run`` the spec is only checked and the orders are logged instead."""
     is_redis = spec.startswith("redis:") and not spec.startswith("redis://")
@@ -228,4 +222,4 @@ def open_hook(spec: str, *, secret: str = "", timeout: float = 5.0,
         return RedisStreamHook(spec[len("redis:"):])
     if spec.startswith("python:"):
         return PythonHook(spec[len("python:"):])
-    return WebhookHook(spec, secret, timeout)
+    return WebhookHook(spec, secret, timeout, http=http)

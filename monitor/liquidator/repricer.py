@@ -8,27 +8,29 @@ A repricer is any object with ``async reprice(event) -> plan``, where ``plan`` i
 - ``http(s)://MONITOR:PORT`` (the default kind): asks the running monitor,
   ``GET /api/account?id=<account_id>`` with ``Authorization: Bearer <token>``; the monitor
   answers with the account now, including ``plan`` computed by the kernels at the current
-  prices (docs/liquidation.md, "Re-pricing", states the contract).
+  prices (docs/liquidation.md, "Re-pricing", states the contract). One pooled keep-alive
+  ``httpx`` client per repricer (outbound.py).
 - ``python:package.module:function``: ``function(event) -> plan`` (sync or ``async def``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import ssl
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httpx
 import orjson
 
 from feeds.net import mask_url
-from monitor.errors import PermanentRepriceError, RepriceError
+from monitor.errors import OutboundError, PermanentRepriceError, RepriceError
 from monitor.liquidator.hooks import call_maybe_async, load_callable
 from monitor.liquidator.orders import BadEvent, check_plan
+from monitor.liquidator.outbound import HttpSettings, OutboundClient, split_userinfo
 
 ACCOUNT_PATH = "/api/account"
+ANSWER_LIMIT = 8 << 20  # bytes of the monitor's answer read at most
 
 
 class Repricer:
@@ -50,8 +52,14 @@ def _checked(plan: Any, where: str) -> dict:
 
 
 class HttpRepricer(Repricer):
+    """``GET /api/account`` on the monitor over one pooled keep-alive client (outbound.py);
+    `aclose` closes it. ``http`` holds the timeouts, TLS files and pool size; without it every
+    timeout is ``timeout`` (seconds). A ``user:password@`` in the URL is dropped, never sent:
+    the monitor takes the bearer token."""
+
     def __init__(self, base_url: str, token: str, timeout: float = 5.0,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, *,
+                 http: HttpSettings | None = None):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"repricer: not an http(s) URL: {mask_url(base_url)!r}")
@@ -60,20 +68,26 @@ class HttpRepricer(Repricer):
                              "or MARGIN_MONITOR_TOKEN)")
         self._token = token
         self.name = mask_url(base_url)
-        self.timeout = timeout
-        self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
-        self._base = parts.path.rstrip("/")
-        self._ssl = ssl_context if ssl_context is not None else (
-            ssl.create_default_context() if self._https else None)
+        bare, _ = split_userinfo(base_url)
+        bp = urlsplit(bare)
+        self._base = f"{bp.scheme}://{bp.netloc}{bp.path.rstrip('/')}"
+        try:
+            httpx.URL(self._base)
+        except httpx.InvalidURL as e:
+            raise ValueError(f"repricer: not a usable URL: {self.name!r}: {e}") from None
+        self.http = http if http is not None else HttpSettings.uniform(timeout)
+        self.timeout = self.http.read_timeout
+        self._client = OutboundClient(self.http, what="repricer", verify=ssl_context)
 
     async def reprice(self, event: dict) -> dict:
         account = event["account_id"]
-        path = f"{self._base}{ACCOUNT_PATH}?id={quote(account, safe='')}"
+        url = f"{self._base}{ACCOUNT_PATH}?id={quote(account, safe='')}"
         try:
-            status, body = await asyncio.to_thread(self._get, path)
-        except (OSError, http.client.HTTPException) as e:
-            raise RepriceError(f"{self.name}: {type(e).__name__}: {e}") from None
+            status, body = await self._client.request(
+                "GET", url, headers={"Authorization": f"Bearer {self._token}",
+                                     "Accept": "application/json"}, limit=ANSWER_LIMIT)
+        except OutboundError as e:  # no answer (connect, TLS, timeout, reset): retried
+            raise RepriceError(f"{self.name}: {e}") from None
         if status == 400 and b"unknown account" in body:
             raise PermanentRepriceError(f"{self.name}: the monitor does not know account "
                                         f"{account!r}")
@@ -95,19 +109,8 @@ class HttpRepricer(Repricer):
                 plan[k] = doc[k]
         return plan
 
-    def _get(self, path: str) -> tuple[int, bytes]:
-        if self._https:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.timeout, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        try:
-            conn.request("GET", path, headers={"Authorization": f"Bearer {self._token}",
-                                               "Accept": "application/json"})
-            resp = conn.getresponse()
-            return resp.status, resp.read(8 << 20)
-        finally:
-            conn.close()
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class PythonRepricer(Repricer):
@@ -128,13 +131,14 @@ class PythonRepricer(Repricer):
         return plan
 
 
-def open_repricer(spec: str, *, token: str = "", timeout: float = 5.0) -> Repricer | None:
+def open_repricer(spec: str, *, token: str = "", timeout: float = 5.0,
+                  http: HttpSettings | None = None) -> Repricer | None:
     """None for an empty spec or ``none``."""
     if not spec or spec == "none":
         return None
     if spec.startswith("python:"):
         return PythonRepricer(spec[len("python:"):])
     if spec.startswith(("http://", "https://")):
-        return HttpRepricer(spec, token, timeout)
+        return HttpRepricer(spec, token, timeout, http=http)
     raise ValueError(f"repricer: expected http(s)://MONITOR:PORT or "
                      f"python:package.module:function, got {mask_url(spec)!r}")

@@ -103,10 +103,10 @@ class Liquidator:
         self.alerts = cfg.alerts_stream
         self.approved = self.keys.approved
         self.hook = hook if hook is not None else open_hook(
-            cfg.hook, secret=cfg.webhook_secret, timeout=cfg.webhook_timeout,
-            dry_run=cfg.dry_run)
+            cfg.hook, secret=cfg.webhook_secret, dry_run=cfg.dry_run,
+            http=cfg.http_settings("webhook"))
         self.repricer = (open_repricer(cfg.repricer, token=cfg.repricer_token,
-                                       timeout=cfg.repricer_timeout)
+                                       http=cfg.http_settings("repricer"))
                          if repricer == "config" else repricer)
         self._client = client
         self._own_client = client is None
@@ -471,21 +471,28 @@ class Liquidator:
             self._defer(job, None, max(0.05, min(self.cfg.lock_ttl / 2, 5.0)),
                         job.force_reprice)
             return
-        beat = asyncio.create_task(self._heartbeat(job, lock, token))
+        done = asyncio.Event()
+        beat = asyncio.create_task(self._heartbeat(job, lock, token, done))
         try:
             await self._deliver_locked(job)
         finally:
+            done.set()
             beat.cancel()
             with contextlib.suppress(BaseException):
                 await beat
             with contextlib.suppress(Exception):
                 await self._release(keys=[lock], args=[token])
 
-    async def _heartbeat(self, job: Job, lock: str, token: str) -> None:
-        """Keep the in-progress marker alive and the entry's idle time low while we work."""
+    async def _heartbeat(self, job: Job, lock: str, token: str, done: asyncio.Event) -> None:
+        """Keep the in-progress marker alive and the entry's idle time low while we work, until
+        `done` is set. Cancelling alone cannot stop it: redis-py may swallow the cancellation
+        of a command in flight and return normally, and the loop would go on for ever."""
         every = max(0.02, min(self.cfg.lock_ttl, self.cfg.claim_idle) / 3)
-        while True:
-            await asyncio.sleep(every)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every)
+            if done.is_set():
+                return
             with contextlib.suppress(Exception):
                 await self._refresh(keys=[lock], args=[token, self.lock_ms])
                 await self._client.xclaim(job.stream, self.group, self.consumer, 0,

@@ -32,6 +32,7 @@ from monitor.adapters.audit import AuditLog
 from monitor.adapters.deadletter import DeadLetters
 from monitor.adapters.outbox import RedisOutbox, encode_event
 from monitor.adapters.snapshot import Snapshots
+from monitor.app.closures import ClosuresWatch, build_calendar
 from monitor.app.config import RunConfig
 from monitor.app.metrics import Metrics
 from monitor.app.warmup import warm_up
@@ -63,9 +64,14 @@ class Monitor:
         self.book = book
         self.metrics = Metrics()
         self.state = MarginState(book, live=True)
+        # a tape (replay, synthetic) runs on its own time only; a live feed's silence lets the
+        # receive time move the engine's clock on (the heartbeat)
+        self.tape = cfg.feed.startswith(("replay:", "synthetic"))
+        self.closures = ClosuresWatch(cfg)  # closures_file re-read when it changes
         self.engine = Engine(self.state, EngineConfig(
             hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share, reach=cfg.reach_mode,
-            call_days=cfg.call_days, holidays=cfg.holiday_dates,
+            call_days=cfg.call_days, calendar=build_calendar(cfg),
+            close_settle_s=cfg.close_settle_s, clock="tape" if self.tape else "ticks",
             max_skew_ns=cfg.max_tick_skew_ns),
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
@@ -206,6 +212,7 @@ class Monitor:
                 self.snapshots.take()  # between cycles: no tick or account event is queued
             if self._feed_done and self._events_done and not self.engine.pending \
                     and not self._account_events:
+                self.publish(self.engine.finish_tape(time.time_ns()))  # a tape of no tick
                 return
             await asyncio.sleep(0)
 
@@ -215,6 +222,12 @@ class Monitor:
         while True:
             await asyncio.sleep(self.cfg.heartbeat_s)
             self._wake.set()  # lets call deadlines expire even with a silent feed
+            now = time.time_ns()
+            if not self.tape and self._feed_state(now, self.feed.stats()) != "live":
+                self.engine.advance_clock(now)  # no ticks: the receive time runs the clock
+            cal = self.closures.poll()
+            if cal is not None:
+                self.publish(self.engine.set_calendar(cal, now))
             self.desk.sample()
             if self.audit is not None:
                 self.audit.sample()
@@ -276,7 +289,8 @@ class Monitor:
         feed_age = (now - fs.last_message_ns) / 1e9 if fs.last_message_ns else None
         return {"ok": True, "run_id": self.engine.run_id, "seq": self.engine.seq,
                 "cycles": self.engine.cycles, "feed_age_s": feed_age,
-                "feed_done": self._feed_done, "feed_state": self._feed_state(now, fs)}
+                "feed_done": self._feed_done, "feed_state": self._feed_state(now, fs),
+                **self.engine.calendar_health()}  # calendar_ok, calendar_reason, market, ...
 
     def _feed_state(self, now: int, fs) -> str:
         """live | stale (silent for `stale_feed_s`: prices are old, nothing is re-tiered on

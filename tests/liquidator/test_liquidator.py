@@ -122,7 +122,8 @@ def cfg_for(url: str, **kw) -> LiquidatorConfig:
     cfg = LiquidatorConfig(redis=url, consumer="w1", block=0.05, claim_idle=0.5, lock_ttl=1.0,
                            backoff_initial=0.02, backoff_max=0.1, cooldown=0.0,
                            max_plan_age=3600.0, max_orders_per_second=0,
-                           hook="python:test_liquidator:capture")
+                           hook="python:test_liquidator:capture",
+                           hold_outside_sessions=False)  # test_sessions.py holds
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg

@@ -223,7 +223,7 @@ class Engine:
         return self._n_pending + len(self._deferred)
 
     # ------------------------------------------------------------------ the clock
-    def time(self, now_ns: int) -> int:
+    def now(self, now_ns: int) -> int:
         """The engine's time: its clock, else (before anything set it) `now_ns`."""
         return self.clock_ns or int(now_ns)
 
@@ -306,7 +306,7 @@ class Engine:
         """Use `calendar` from now on (closures added): dates the calls waiting for it
         (CALL_DEADLINE events), and closes are judged again if the clock had run past the
         known days (the closes it passed meanwhile are not judged after the fact)."""
-        t = self.time(now_ns)
+        t = self.now(now_ns)
         events = self.lifecycle.set_calendar(calendar, t, now_ns)
         if self.clock_ns:
             self._boundary = self._next_boundary(self.clock_ns)
@@ -345,7 +345,7 @@ class Engine:
             self._startup = (bad, prev, trig)  # announced at the tape's first time
             return []
         events = self._catch_up(now_ns)
-        t = self.time(now_ns)
+        t = self.now(now_ns)
         events.extend(self._events(bad, prev, trig, t, now_ns))
         events.extend(self.lifecycle.flush_unknown(t, now_ns))
         return events
@@ -370,7 +370,7 @@ class Engine:
         if now_ns - self._credit_last_ns >= self.config.credit_interval_ns:
             self._credit_last_ns = now_ns  # price-driven credit crossings: one slice at a time
             events.extend(self.credit_slice(now_ns))
-        events.extend(self.lifecycle.flush_unknown(self.time(now_ns), now_ns))
+        events.extend(self.lifecycle.flush_unknown(self.now(now_ns), now_ns))
         stats.events = len(events)
         stats.ns = time.perf_counter_ns() - t0
         self.last_cycle = stats
@@ -444,12 +444,12 @@ class Engine:
                      h.short_sec, h.short_qty, st.price, self.old_price, self._trigger)
             trig = self._trigger[:n_changed]
             ts_event = np.where(trig >= 0, self._pending_ts[np.maximum(trig, 0)],
-                                self.time(now_ns))
+                                self.now(now_ns))
             events = self._events(changed.copy(), self._previous[:n_changed].copy(),
                                   trig.copy(), ts_event, now_ns)
         if k:
             self.old_price[self._secs[:k]] = st.price[self._secs[:k]]
-        events.extend(self.lifecycle.cure_intraday(self.time(now_ns), now_ns))
+        events.extend(self.lifecycle.cure_intraday(self.now(now_ns), now_ns))
         return events
 
     def apply_account_event(self, ev: dict, now_ns: int) -> list[dict]:
@@ -482,7 +482,7 @@ class Engine:
         events.extend(self._account_event_transitions(ev, accounts, now_ns))
         if self.patterns is not None:
             events.extend(self.patterns.observe(ev, now_ns))
-        t = self.time(now_ns)
+        t = self.now(now_ns)
         events.extend(self.lifecycle.cure_intraday(t, now_ns))  # a deposit may cure at once
         events.extend(self.credit.check(accounts, now_ns))  # caps, lines (monitor/credit.py)
         events.extend(self.lifecycle.flush_unknown(t, now_ns))
@@ -516,7 +516,7 @@ class Engine:
         if n == 0:
             return []
         ts = ev.get("ts")
-        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else self.time(now_ns)
+        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else self.now(now_ns)
         events = self._events(self._changed[:n].copy(), self._previous[:n].copy(),
                               np.full(n, -1, dtype=np.int64), ts, now_ns)
         trigger = {"event": ev["type"], "event_id": ev.get("event_id")}
@@ -616,7 +616,7 @@ class Engine:
         st = self.state
         figs = st.figures_many(accounts)
         ts_ev = np.broadcast_to(np.asarray(ts_event, dtype=np.int64), accounts.shape)
-        t = self.time(now_ns)
+        t = self.now(now_ns)
         release = None
         out = []
         for a, prev, s, ts, f in zip(accounts.tolist(), previous.tolist(), trig.tolist(),
@@ -788,7 +788,7 @@ class Engine:
         for i, a in enumerate(bad.tolist()):
             prev[i] = published.get(a, prev[i])
         origin = self.tier_seq[bad].tolist()
-        t = self.time(now_ns)
+        t = self.now(now_ns)
         events = self._events(bad, prev, np.full(bad.shape[0], -1, dtype=np.int64), t, now_ns)
         ids = self.state.book.account_ids
         origin_of = {ids[a]: (a, s) for a, s in zip(bad.tolist(), origin, strict=True)}

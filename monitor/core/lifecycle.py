@@ -105,10 +105,14 @@ class CallLifecycle:
                             figures: dict) -> list[dict]:
         """The reported tier of `a` entered MARGIN_CALL at engine time `t`: an intraday-basis
         profile opens a call (a close-basis one waits for the close)."""
-        basis, _, _, days = self._terms(np.array([a], dtype=np.int64))
-        if int(basis[0]) != CALL_INTRADAY:
+        b = self.engine.state.book  # scalar lookups: a crash cycle calls this per account
+        terms = b.calls()
+        p = int(b.profile_of[a])
+        if int(terms.basis[p]) != CALL_INTRADAY:
             return []
-        return self._issue(a, t, ts, now_ns, figures, CALL_INTRADAY, int(days[0]))
+        days = int(terms.days[p])
+        return self._issue(a, t, ts, now_ns, figures, CALL_INTRADAY,
+                           days if days > 0 else self.calls.days)
 
     def cure_intraday(self, t: int, now_ns: int) -> list[dict]:
         """Cure the open intraday-basis calls whose account is at its cure line."""

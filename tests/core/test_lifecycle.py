@@ -348,3 +348,18 @@ def test_the_first_tick_replaces_the_stand_in_processing_time():
     assert calls(ev) == [("CALL_ISSUED", at(WED, 10), "2026-11-19")]
     tick(e, "12.40", at(WED, 9))  # older: the clock only moves forward now
     assert e.clock_ns == at(WED, 10)
+
+
+@pytest.mark.parametrize("bad", [{"clock_ns": "soon"}, {"clock_ns": -1}, {"ticked": "yes"},
+                                 {"call_basis": np.array([7], dtype=np.int8)},
+                                 {"call_deadline_day": np.array([-5])}])
+def test_a_snapshot_with_a_malformed_clock_or_call_is_refused(bad):
+    e = engine(worked_doc(basis="intraday", days=2))
+    e.start(WALL)
+    tick(e, "12.50", at(DEC30, 10))
+    meta, arrays = e.export_state()
+    meta, arrays = dict(meta), dict(arrays)
+    for k, v in bad.items():
+        (arrays if isinstance(v, np.ndarray) else meta)[k] = v
+    with pytest.raises(ValueError):
+        engine(worked_doc(basis="intraday", days=2)).restore_state(meta, arrays, WALL)

@@ -7,13 +7,14 @@ server cannot hide its queueing). Two modes:
 
 - one-shot (default): one TCP connection per check to the main port (the websockets server
   answers `Connection: close`); latency from the first byte written to the last byte read.
-- `--keepalive N`: N persistent connections to the keep-alive listener (`--pretrade-listen`),
+- `--keepalive N`: N persistent connections, to the monitor's main port (`--main-port`, the
+  pre-trade check is served there with keep-alive) or to the `--pretrade-listen` listener,
   request i on connection i mod N, pipelined when an answer is late; latency from the request's
   *scheduled* send time to the last byte of its answer, so neither a slow server nor a late
   client hides a stall (no coordinated omission).
 
-    .venv/bin/python -m bench.pretrade_load --accounts 100000 --rate 1000 --seconds 30
-    .venv/bin/python -m bench.pretrade_load --keepalive 4 --accounts 1000000 --repeat 5
+    .venv/bin/python bench/pretrade_load.py --accounts 100000 --rate 1000 --seconds 30
+    .venv/bin/python bench/pretrade_load.py --keepalive 4 --main-port --accounts 1000000 --repeat 5
 
 Prints one JSON object per measured run (percentiles in ms, achieved rate, statuses, refusal
 share, the machine's load) and with `--repeat` a last one with the medians over the runs.
@@ -306,6 +307,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keepalive", type=int, default=0, metavar="N",
                     help="N persistent connections to the keep-alive listener (0: one TCP "
                          "connection per check to the main port)")
+    ap.add_argument("--main-port", action="store_true",
+                    help="with --keepalive: connect to the main port, not a --pretrade-listen "
+                         "listener")
     ap.add_argument("--repeat", type=int, default=1, help="measured runs on the same monitor")
     args = ap.parse_args(argv)
     if not (0 < args.rate <= 20_000 and 0 < args.seconds <= 600):
@@ -316,12 +320,12 @@ def main(argv=None) -> int:
     book = load_book(folder)
     bodies = [orjson.dumps({"account_id": a, **act}) for a, act in random_actions(book, 20_000)]
     del book
-    pport = free_port() if args.keepalive else None
+    pport = free_port() if args.keepalive and not args.main_port else None
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start(folder, args.feed, Path(tmp), pport)
         try:
-            runs = asyncio.run(_measure(args, proc, port, pport, bodies))
+            runs = asyncio.run(_measure(args, proc, port, pport or port, bodies))
         finally:
             proc.terminate()
             try:
@@ -360,6 +364,7 @@ async def _measure(args, proc, port, pport, bodies) -> list[dict]:
             out["client_cpu_us_per_check"] = round((c1[0] - c0[0]) / n / 1e3, 1)
         out.update({"accounts": args.accounts, "securities": args.securities,
                     "feed": args.feed, "rate": args.rate, "keepalive": args.keepalive,
+                    "port": "main" if args.main_port else "pretrade_listen",
                     "loadavg_1m_before": load0, "loadavg_1m": os.getloadavg()[0]})
         print(json.dumps(out), flush=True)
         runs.append(out)

@@ -13,6 +13,7 @@ source loop, an HTTP handler) catches :class:`InputError`, never bare ``Exceptio
     ├── ConfigError (ValueError) a setting cannot be used; names the setting and why
     ├── SnapshotError (ValueError) a snapshot is corrupt, incompatible or of another book
     ├── ReportError (ValueError) the end-of-day report cannot be made
+    ├── CalendarUnknown          a trading day is needed that the exchange calendar does not know
     ├── ControlError             a liquidator control request cannot be done
     ├── HookError                delivering a plan failed; retried with backoff
     │   └── PermanentHookError   the hook refused it for good; not retried
@@ -81,6 +82,17 @@ class SnapshotError(MonitorError, ValueError):
 
 class ReportError(MonitorError, ValueError):
     """The report cannot be made; the message says what is missing."""
+
+
+class CalendarUnknown(MonitorError):
+    """A trading day is needed beyond the days the exchange calendar knows (`.day`, the first
+    unknown day needed; `.first` / `.last`, the known range, as dates). Never guessed from
+    weekdays: the operator adds the closures (docs/running.md#calendar)."""
+
+    def __init__(self, day: Any, first: Any, last: Any):
+        self.day, self.first, self.last = day, first, last
+        super().__init__(f"the exchange calendar knows trading days {first} to {last}; {day} is "
+                         f"needed: add that year's closures (closures / closures_file)")
 
 
 class ControlError(MonitorError):

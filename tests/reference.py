@@ -25,6 +25,9 @@ Conventions (each one is the spec's, or says where it is a reading of it):
       None when L = 0, when long_MV = 0, when already below b, or when it is >= 1 (no fall
       can breach). base_A = max(C, 0) + other_collateral.
 
+- §6  trading days, due days, sessions' closes and the margin-call lifecycle per profile: see
+      the section at the end (plain day-by-day walks over a set of dates).
+
 Money stays exact; reported numbers are rounded only by the caller (`fen`, `pct`).
 """
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, localcontext
 
 D = Decimal
@@ -51,6 +55,8 @@ DEFAULT_LINES = {
     "target": D("1.50"),
 }
 LINE_NAMES = ("withdrawable", "normal", "warning", "margin_call", "target")
+DEFAULT_CALL_TERMS = {"cure_line": None, "call_basis": "intraday", "call_days": 2,
+                      "use_free_cash": True}
 
 LIMIT = {"main": D("0.10"), "chinext": D("0.20"), "star": D("0.20"), "bse": D("0.30"),
          "st": D("0.05")}
@@ -142,12 +148,25 @@ class RefBook:
         self.doc = doc
         self.securities = {s["symbol"]: Security(s) for s in doc["securities"]}
         self.profiles = {"default": dict(DEFAULT_LINES)}
+        self.call_terms = {"default": dict(DEFAULT_CALL_TERMS)}  # §6, per profile
         for name, lines in (doc.get("profiles") or {}).items():
             base = dict(DEFAULT_LINES)
+            terms = dict(DEFAULT_CALL_TERMS)
             for k, v in lines.items():
-                base[k] = dec(v)
+                if k in LINE_NAMES:
+                    base[k] = dec(v)
+                elif k in terms:
+                    terms[k] = dec(v) if k == "cure_line" else v
             self.profiles[name] = base
+            self.call_terms[name] = terms
         self.accounts = doc["accounts"]
+
+    def calls(self, acct: dict) -> dict:
+        """§6 terms of the account's profile: cure line (None: the target), basis, days."""
+        terms = dict(self.call_terms[acct.get("profile") or "default"])
+        if terms["cure_line"] is None:
+            terms["cure_line"] = self.lines(acct)["target"]
+        return terms
 
     def lines(self, acct: dict) -> dict:
         lines = dict(self.profiles[acct.get("profile") or "default"])
@@ -609,3 +628,136 @@ def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cos
         if full or not traded or acct.liabilities() <= 0 or acct.excess(target) >= 0:
             break
     return rows, acct.assets(), acct.liabilities()
+
+
+# ------------------------------------------------------------------------------ §6 calls
+#
+# - Trading days: exchange_calendars "XSHG" sessions read directly (a set of dates), less the
+#   closures; past its last day, the weekdays through `through` (default the end of the latest
+#   year a closure is given for) less the closures. A day past the known ones is unknown: the
+#   functions return None, never a weekday guess.
+# - Due day of a call issued on day T: the n-th trading day after T, by walking day by day.
+# - Times are China time (UTC+8); the close of a trading day is 15:00, judged once time passes
+#   15:00 + settle, on the state of the last tick stamped at or before that instant.
+# - Reported tier (§2 hysteresis): worse at once, better only once R clears the line by the band.
+# - Lifecycle per profile as margin-rules.md §6: `intraday` opens on the reported tier entering
+#   MARGIN_CALL from a better one and cures on any tick at R >= cure; at the close of its due
+#   day it is cured or expires. `close` opens at a close with R below the warning line, is
+#   judged at each later close (cured at R >= cure, else expired at the due day's close).
+
+CHINA_TZ = timezone(timedelta(hours=8))
+BAND = D("0.005")  # the default hysteresis band
+
+
+def xshg_days(closures=(), through: date | None = None) -> tuple[set, date, date]:
+    """(trading days, first known day, last known day)."""
+    import warnings
+
+    import exchange_calendars as xc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cal = xc.get_calendar("XSHG", start="2000-01-04")
+        days = set(cal.sessions.date)
+    first, last = min(days), max(days)
+    closed = set(closures)
+    beyond = [d for d in closed if d > last]
+    end = last
+    if through is not None:
+        end = max(last, through)
+    elif beyond:
+        end = date(max(beyond).year, 12, 31)
+    d = last + timedelta(days=1)
+    while d <= end:
+        if d.weekday() < 5:
+            days.add(d)
+        d += timedelta(days=1)
+    return days - closed, first, end
+
+
+def due_day(issued: date, n: int, days: set, last: date) -> date | None:
+    d, left = issued, n
+    while left:
+        d += timedelta(days=1)
+        if d > last:
+            return None
+        if d in days:
+            left -= 1
+    return d
+
+
+TIER_ORDER = ("FORCED_LIQUIDATION", "MARGIN_CALL", "WARNING", "NORMAL", "WITHDRAWABLE",
+              "NO_DEBT")
+
+
+def reported_tier(prev: str | None, a: Decimal, l: Decimal, lines: dict,
+                  band: Decimal) -> str:
+    raw = tier(a, l, lines)
+    if prev is None or TIER_ORDER.index(raw) < TIER_ORDER.index(prev):
+        return raw
+    banded = raw if raw == "NO_DEBT" else tier(a, l, {k: v + band for k, v in lines.items()})
+    return banded if TIER_ORDER.index(banded) > TIER_ORDER.index(prev) else prev
+
+
+def call_lifecycle(points, lines: dict, *, basis: str, cure: Decimal, n: int, days: set,
+                   last: date, end: datetime, band: Decimal = BAND,
+                   settle: timedelta = timedelta(seconds=60)) -> list[tuple]:
+    """The events of one account: `points` [(time, assets, liabilities)] in time order, the
+    first the start (book prices), each the state after a tick; time runs on to `end`.
+    Returns [(kind, time, deadline or None)] for TIER_CHANGE (kind "TIER:<tier>") and CALL_*."""
+    out = []
+    call = None  # {"issued": date, "due": date | None}
+    reported = None
+
+    def ok(a, l, line):
+        return l == 0 or a >= line * l
+
+    def closes(t0, t1):  # judgement instants J with t0 <= J < t1
+        d = t0.astimezone(CHINA_TZ).date() - timedelta(days=1)
+        while True:
+            d += timedelta(days=1)
+            if d > last:
+                return
+            j = datetime.combine(d, time(15, 0), CHINA_TZ) + settle
+            if j >= t1:
+                return
+            if d in days and j >= t0:
+                yield d
+
+    def judge(d, a, l):
+        nonlocal call
+        t = datetime.combine(d, time(15, 0), CHINA_TZ)
+        closed = False
+        if call is not None:
+            due = call["due"] is not None and call["due"] <= d
+            if basis == "intraday" and due or basis == "close" and call["issued"] < d:
+                if ok(a, l, cure):
+                    out.append(("CALL_CURED", t, call["due"]))
+                    call, closed = None, True
+                elif due:
+                    out.append(("CALL_EXPIRED", t, call["due"]))
+                    call, closed = None, True
+        if basis == "close" and call is None and not closed and not ok(a, l, lines["warning"]):
+            call = {"issued": d, "due": due_day(d, n, days, last)}
+            out.append(("CALL_ISSUED", t, call["due"]))
+
+    for i, (t, a, l) in enumerate(points):
+        if i:
+            for d in closes(points[i - 1][0], t):
+                judge(d, points[i - 1][1], points[i - 1][2])
+        new = reported_tier(reported, a, l, lines, band)
+        entered = new == "MARGIN_CALL" and (reported is None or
+                                             TIER_ORDER.index(reported) > 1)
+        if new != reported and (reported is not None or TIER_ORDER.index(new) <= 2):
+            out.append((f"TIER:{new}", t, None))
+        reported = new
+        if entered and basis == "intraday" and call is None:
+            issued = t.astimezone(CHINA_TZ).date()
+            call = {"issued": issued, "due": due_day(issued, n, days, last)}
+            out.append(("CALL_ISSUED", t, call["due"]))
+        if call is not None and basis == "intraday" and ok(a, l, cure):
+            out.append(("CALL_CURED", t, call["due"]))
+            call = None
+    for d in closes(points[-1][0], end):
+        judge(d, points[-1][1], points[-1][2])
+    return out

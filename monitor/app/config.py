@@ -19,8 +19,11 @@ tls_key = "secrets/key.pem"
 hysteresis = "0.005"             # 0.5 percentage points
 sweep_share = 0.08
 reach = "off"                    # off | auto | always: see docs/capacity.md
-call_days = 2
-holidays = ["2026-10-01"]
+call_days = 2                    # T+N of profiles without call_days
+closures = ["2027-01-01"]        # weekday closures beyond exchange_calendars' XSHG (or extra
+closures_file = "calendar/closures.txt"  # ones); re-read when it changes: docs/running.md
+calendar_through = "2027-12-31"  # optional: the last day the closures cover
+close_settle_s = 60              # ticks stamped up to 15:00 + this count for the close
 spill_dir = "spill"
 state_dir = "state"              # optional: periodic snapshots; a restart resumes from them
 audit_dir = "audit"              # optional: audit records and the end-of-day snapshot
@@ -47,7 +50,6 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field, fields
-from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -76,7 +78,11 @@ class RunConfig:
     sweep_share: float = 0.08
     reach: str = "off"  # reach mode of the engine: off | auto | always (docs/capacity.md)
     call_days: int = 2
-    holidays: list[str] = field(default_factory=list)
+    holidays: list[str] = field(default_factory=list)  # the older name of `closures`
+    closures: list[str] = field(default_factory=list)  # weekday closures (ISO dates)
+    closures_file: str | None = None  # one ISO date a line (monitor/app/closures.py)
+    calendar_through: str | None = None  # the last day the closures cover
+    close_settle_s: float = 60.0
     spill_dir: str = "spill"
     heartbeat_s: float = 1.0
     state_dir: str | None = None  # snapshots for restart (monitor/snapshot.py); off if unset
@@ -157,13 +163,6 @@ class RunConfig:
             raise ConfigError(f"desk_event_bytes: expected an integer number of bytes >= 1048576 "
                               f"(1 MiB), got {v!r}")
         return v
-
-    @property
-    def holiday_dates(self) -> frozenset[date]:
-        try:
-            return frozenset(date.fromisoformat(d) for d in self.holidays)
-        except ValueError as e:
-            raise ConfigError(f"holidays: {e}") from None
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -34,6 +34,7 @@ from monitor.adapters.audit import AuditLog
 from monitor.adapters.deadletter import DeadLetters
 from monitor.adapters.outbox import RedisOutbox, encode_event
 from monitor.adapters.snapshot import Snapshots
+from monitor.app.closures import ClosuresWatch, build_calendar
 from monitor.app.config import RunConfig
 from monitor.app.metrics import Metrics
 from monitor.app.warmup import warm_up
@@ -70,9 +71,14 @@ class Monitor:
         self.book = book
         self.metrics = Metrics()
         self.state = MarginState(book, live=True)
+        # a tape (replay, synthetic) runs on its own time only; a live feed's silence lets the
+        # receive time move the engine's clock on (the heartbeat)
+        self.tape = cfg.feed.startswith(("replay:", "synthetic"))
+        self.closures = ClosuresWatch(cfg)  # closures_file re-read when it changes
         self.engine = Engine(self.state, EngineConfig(
             hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share, reach=cfg.reach_mode,
-            call_days=cfg.call_days, holidays=cfg.holiday_dates,
+            call_days=cfg.call_days, calendar=build_calendar(cfg),
+            close_settle_s=cfg.close_settle_s, clock="tape" if self.tape else "ticks",
             max_skew_ns=cfg.max_tick_skew_ns),
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
@@ -106,6 +112,7 @@ class Monitor:
         self.metrics.watch(lambda: {"summary": self.summary(), "feed_kind": self.feed_kind})
         self._stopping = asyncio.Event()
         self.events_emitted = 0
+        self.heartbeat_errors = 0  # failed heartbeats (logged; the loop goes on)
         self.desk = Desk(self.engine, summary=self.summary, event_bytes=cfg.desk_event_budget)
         self.snapshots = (Snapshots(self, cfg.state_dir, cfg.snapshot_interval_s)
                           if cfg.state_dir else None)
@@ -243,6 +250,7 @@ class Monitor:
                 self.snapshots.take()  # between cycles: no tick or account event is queued
             if self._feed_done and self._events_done and not self.engine.pending \
                     and not self._account_events:
+                self.publish(self.engine.finish_tape(time.time_ns()))  # a tape of no tick
                 return
             await asyncio.sleep(0)
 
@@ -260,25 +268,38 @@ class Monitor:
         last_ticks = 0
         while True:
             await asyncio.sleep(self.cfg.heartbeat_s)
-            self._wake.set()  # lets call deadlines expire even with a silent feed
-            self.desk.sample()
-            if self.audit is not None:
-                self.audit.sample()
-            s = self.summary()
-            beats += 1
-            if beats % 5 == 0:  # a console pulse for whoever runs it by hand
-                t = s["tiers"]
-                ticks = s["feed"]["ticks_accepted"]
-                log.info("FL %d  MC %d  WARN %d | %.0f ticks/s, %d rejected | last cycle %.1f ms"
-                         " (%s) | %d events", t["FORCED_LIQUIDATION"], t["MARGIN_CALL"],
-                         t["WARNING"], (ticks - last_ticks) / (5 * self.cfg.heartbeat_s),
-                         sum(s["feed"]["rejected"].values()), s["last_cycle"]["ms"],
-                         s["last_cycle"]["path"], self.events_emitted)
-                last_ticks = ticks
-            if self.outbox is not None:
-                self.outbox.publish_summary(s)
-            if self.server is not None:
-                self.server.broadcast_summary(s)
+            try:
+                self._wake.set()  # lets call deadlines expire even with a silent feed
+                now = time.time_ns()
+                if not self.tape and self._feed_view(now, self.feed.stats())[0] != "live":
+                    self.engine.advance_clock(now)  # no ticks: the receive time runs the clock
+                cal = self.closures.poll()
+                if cal is not None:
+                    self.publish(self.engine.set_calendar(cal, now))
+                self.desk.sample()
+                if self.audit is not None:
+                    self.audit.sample()
+                s = self.summary()
+                beats += 1
+                if beats % 5 == 0:  # a console pulse for whoever runs it by hand
+                    t = s["tiers"]
+                    ticks = s["feed"]["ticks_accepted"]
+                    log.info("FL %d  MC %d  WARN %d | %.0f ticks/s, %d rejected | last cycle "
+                             "%.1f ms (%s) | %d events", t["FORCED_LIQUIDATION"], t["MARGIN_CALL"],
+                             t["WARNING"], (ticks - last_ticks) / (5 * self.cfg.heartbeat_s),
+                             sum(s["feed"]["rejected"].values()), s["last_cycle"]["ms"],
+                             s["last_cycle"]["path"], self.events_emitted)
+                    last_ticks = ticks
+                if self.outbox is not None:
+                    self.outbox.publish_summary(s)
+                if self.server is not None:
+                    self.server.broadcast_summary(s)
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one bug
+                self.heartbeat_errors += 1
+                if self.heartbeat_errors <= 3 or self.heartbeat_errors % 1000 == 0:
+                    log.exception("heartbeat failed (%d so far); it goes on",
+                                  self.heartbeat_errors)
+
 
     def summary(self) -> dict:
         now = time.time_ns()
@@ -353,6 +374,7 @@ class Monitor:
             os_ = self.outbox.stats()
             out["outbox_connected"] = os_["connected"]
             out["outbox_backlog"] = os_["backlog"]
+        out.update(self.engine.calendar_health())  # calendar_ok, calendar_reason, market, ...
         return out
 
     def _unhealthy(self, now: int, feed: tuple) -> list[str]:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from feeds.universe import board_of_symbol
 from kernels import units as u
+from monitor.book.call_terms import read_call_terms  # cure_line, call_basis, ... (§6)
 from monitor.book.columns import (
     MAX_LISTED_PER_CHECK,
     Checker,
@@ -76,7 +77,7 @@ MONEY_FIELDS = {
                  "withdrawable", "normal", "warning", "margin_call", "target",
                  "financing_line", "short_line"),
     "positions": ("financed_cost", "fin_margin_ratio", "short_sell_amount", "short_margin_ratio"),
-    "profiles": ("withdrawable", "normal", "warning", "margin_call", "target"),
+    "profiles": ("withdrawable", "normal", "warning", "margin_call", "target", "cure_line"),
 }
 
 
@@ -211,10 +212,12 @@ def build_book(tables: dict[str, pa.Table], names: dict[str, str], source: str =
     pos = _positions(chk, tables.get("positions", pa.table({})), names.get("positions",
                      "positions"), secs["index"], accts["index"])
     credit = read_credit_terms(chk, tables, names, secs, profiles, accts)
+    call_terms = read_call_terms(chk, tables.get("profiles"), profiles)
     if chk.problems:
         raise BookError(chk.problems, source)
     book = _assemble(secs, profiles, accts, pos)
     book.credit = credit
+    book.call_terms = call_terms
     _check_headroom(chk, book)
     if chk.problems:
         raise BookError(chk.problems, source)

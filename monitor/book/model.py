@@ -15,6 +15,33 @@ import numpy as np
 from feeds.universe import limit_band
 from kernels import units as u
 
+CALL_INTRADAY = 0  # a call opens on entering MARGIN_CALL (margin-rules.md §6)
+CALL_CLOSE = 1  # a call is judged on the ratio at the close of day T
+CALL_BASES = ("intraday", "close")
+
+
+@dataclass(slots=True)
+class CallTerms:
+    """The margin-call lifecycle of each line profile (margin-rules.md §6; optional profile
+    fields `cure_line`, `call_basis`, `call_days`, `use_free_cash`), indexed like
+    `Book.profile_names` (per-account derived profiles included)."""
+
+    cure_bp: np.ndarray  # int64 basis points; -1: the profile's target
+    basis: np.ndarray  # int8 CALL_INTRADAY | CALL_CLOSE
+    days: np.ndarray  # int64 T+N trading days; -1: the monitor's `call_days`
+    use_free_cash: np.ndarray  # bool
+
+    @classmethod
+    def default(cls, n_profiles: int) -> CallTerms:
+        return cls(np.full(n_profiles, -1, dtype=np.int64),
+                   np.full(n_profiles, CALL_INTRADAY, dtype=np.int8),
+                   np.full(n_profiles, -1, dtype=np.int64), np.ones(n_profiles, dtype=bool))
+
+    def cure_lines(self, profile_lines: np.ndarray, profiles: np.ndarray) -> np.ndarray:
+        """The cure line (bp) of each profile index in `profiles`."""
+        c = self.cure_bp[profiles]
+        return np.where(c < 0, profile_lines[profiles, u.LINE_TARGET], c)
+
 
 @dataclass(slots=True)
 class Book:
@@ -49,6 +76,8 @@ class Book:
     pos_used: np.ndarray | None = None
     # credit terms (monitor/creditbook.py: caps, lines, eligibility); None when the book has none
     credit: object | None = None
+    # margin-call terms per profile (monitor/book/call_terms.py); None: the defaults for all
+    call_terms: CallTerms | None = None
 
     def __post_init__(self):
         if not self.symbol_index:
@@ -96,6 +125,12 @@ class Book:
                        accrued=self.accrued.copy(), other_debt=self.other_debt.copy(),
                        other_collateral=self.other_collateral.copy(),
                        profile_of=self.profile_of.copy())
+
+    def calls(self) -> CallTerms:
+        """The call terms, defaults when the book has none."""
+        if self.call_terms is None:
+            self.call_terms = CallTerms.default(len(self.profile_names))
+        return self.call_terms
 
     def limit_prices(self) -> tuple[np.ndarray, np.ndarray]:
         """Limit-down and limit-up prices per security (board limit on prev_close, 0.01 tick)."""

@@ -5,13 +5,22 @@ Per cycle: ticks accumulated since the last cycle are conflated per symbol (the 
 the state), then the cheaper exact path is taken: an incremental update over the holders of the
 changed symbols, or a full sweep when they hold a large share of all positions. Both are exact
 (integer money), so the choice changes cost, never results.
+
+The engine's clock (`clock_ns`) is the exchange time of the ticks it has applied (receive time
+for a tick that had none), so a replayed day gives that day's deadlines and expiries. Before the
+first tick the processing time passed in stands in (`clock="ticks"`, the live default: the
+first tick's time then replaces it, later ticks only move it forward); with
+`clock="tape"` (a replay) nothing is dated before the first tick: the start-up picture is
+announced at the tape's first time. `advance_clock` moves it on without ticks (a live feed gone
+silent). Ticks stamped after the next close judgement (15:00 plus `close_settle_s`) wait until
+the close is judged on the prices before it (monitor/core/lifecycle.py).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -35,11 +44,15 @@ from kernels.reach import (
 from kernels.totals import tier_totals
 from monitor.book.model import Holdings
 from monitor.core.account_events import AccountEventError, AccountEvents
-from monitor.core.calls import MarginCall, MarginCalls
+from monitor.core.calendar import TradingCalendar, china_day, close_ns, default_calendar
+from monitor.core.calls import NO_DEADLINE, MarginCall
 from monitor.core.credit import CreditConfig, CreditControls
 from monitor.core.envelope import EventStamps
+from monitor.core.lifecycle import CallLifecycle
 from monitor.core.patterns import PatternConfig, PatternWatch
+from monitor.core.sessions import market_state, release_at
 from monitor.core.state import MarginState, yuan
+from monitor.errors import CalendarUnknown
 
 # big cycles between re-measurements of the path not taken: doubles (up to _PROBE_MAX) while
 # the same path keeps winning, since switching into reach mode costs a re-base of every account
@@ -71,11 +84,14 @@ class EngineConfig:
     # credit controls (monitor/credit.py) walk one slice of the book per this interval, so a
     # price-driven cap or line crossing is seen within (accounts / slice) intervals
     credit_interval_ns: int = 50_000_000
-    call_days: int = 2  # margin-call deadline, trading days after the day of issue
+    call_days: int = 2  # margin-call deadline, trading days after the day of issue (the
+    # default of profiles without call_days)
+    calendar: TradingCalendar | None = None  # None: exchange_calendars XSHG, no closures
+    close_settle_s: float = 60.0  # ticks stamped up to 15:00 + this belong to the day's close
+    clock: str = "ticks"  # "ticks" (live) | "tape" (replay: nothing dated before a tick)
     # how far ahead of the clock an account event's ts (and, at restore, a symbol's last tick
     # time) may be: the monitor's max_tick_skew_s
     max_skew_ns: int = u.DEFAULT_MAX_SKEW_NS
-    holidays: frozenset[date] = field(default_factory=frozenset)
     run_id: str = ""
 
 
@@ -125,7 +141,20 @@ class Engine:
         self.old_price = state.price.copy()
         self.last_ts = np.zeros(ns, dtype=np.int64)  # exchange time of each symbol's last price
         self.tier_seq = np.zeros(n, dtype=np.int64)  # seq of the event announcing each tier
-        self.calls = MarginCalls(self.config.call_days, self.config.holidays)
+        if self.config.clock not in ("ticks", "tape"):
+            raise ValueError(f"clock: expected ticks or tape, got {self.config.clock!r}")
+        self.lifecycle = CallLifecycle(self, self.config.calendar or default_calendar(),
+                                       self.config.call_days)
+        self.calls = self.lifecycle.calls
+        # the clock (module docstring): 0 until known
+        self.clock_ns = 0
+        self._ticked = False  # a tick has set the clock
+        self._settle_ns = int(self.config.close_settle_s * 1e9)
+        self._boundary = 0  # the next close judgement (ns); 0 unknown, NO_DEADLINE none known
+        self._deferred: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # ticks after it
+        self._first_ts = 0  # earliest tick queued while the clock was unknown
+        self._target = 0  # advance_clock's
+        self._startup = None  # tape: the start-up picture, announced at the first tick
         self.account_events = (AccountEvents(state, max_skew_ns=self.config.max_skew_ns)
                                if b.pos_used is not None else None)
         self._one = np.empty(1, dtype=np.int64)
@@ -159,21 +188,142 @@ class Engine:
 
     # ------------------------------------------------------------------ input
     def add_ticks(self, sec: np.ndarray, price: np.ndarray, ts: np.ndarray) -> None:
-        """Queue validated ticks (dense security indices, money-unit prices, ns timestamps)."""
+        """Queue validated ticks (dense security indices, money-unit prices, ns timestamps).
+        Ticks stamped after the next close judgement wait for it (kept in order)."""
         n = sec.shape[0]
-        if n:
-            # the kernel's dtypes are the feed's (TickBatch: int32 sec, int64 price and ts),
-            # which pass uncopied; other callers' arrays are converted here
-            sec = np.ascontiguousarray(sec, dtype=np.int32)
-            price = np.ascontiguousarray(price, dtype=np.int64)
-            ts = np.ascontiguousarray(ts, dtype=np.int64)
-            self._n_pending = conflate(sec, price, ts, n, self._pending_price, self._pending_ts,
-                                       self._pending_flag, self._pending_list, self._n_pending)
-            self._pending_ticks += n
+        if not n:
+            return
+        # the kernel's dtypes are the feed's (TickBatch: int32 sec, int64 price and ts), which
+        # pass uncopied; other callers' arrays are converted here
+        sec = np.ascontiguousarray(sec, dtype=np.int32)
+        price = np.ascontiguousarray(price, dtype=np.int64)
+        ts = np.ascontiguousarray(ts, dtype=np.int64)
+        if self._deferred:
+            self._deferred.append((sec.copy(), price.copy(), ts.copy()))
+            return
+        if self.clock_ns == 0:
+            lo = int(ts.min())
+            self._first_ts = min(self._first_ts, lo) if self._first_ts else lo
+            if self._boundary == 0:
+                self._boundary = self._next_boundary(self._first_ts)
+        if int(ts.max()) > self._boundary:
+            late = ts > self._boundary
+            self._deferred.append((sec[late], price[late], ts[late]))
+            keep = ~late
+            sec, price, ts = sec[keep], price[keep], ts[keep]
+            n = sec.shape[0]
+            if not n:
+                return
+        self._n_pending = conflate(sec, price, ts, n, self._pending_price, self._pending_ts,
+                                   self._pending_flag, self._pending_list, self._n_pending)
+        self._pending_ticks += n
 
     @property
     def pending(self) -> int:
-        return self._n_pending
+        return self._n_pending + len(self._deferred)
+
+    # ------------------------------------------------------------------ the clock
+    def now(self, now_ns: int) -> int:
+        """The engine's time: its clock, else (before anything set it) `now_ns`."""
+        return self.clock_ns or int(now_ns)
+
+    def advance_clock(self, t_ns: int) -> None:
+        """Move the clock on to `t_ns` at the next cycle, without ticks (a live feed silent:
+        its receive time; a test). Never moves it back."""
+        self._target = max(self._target, int(t_ns))
+
+    def _next_boundary(self, t: int) -> int:
+        """The first close judgement (15:00 + settle of a trading day) at or after `t`;
+        NO_DEADLINE when the calendar does not know the days (announced, never guessed)."""
+        cal = self.lifecycle.calendar
+        try:
+            d = cal.next_day(china_day(t))
+            j = close_ns(d) + self._settle_ns
+            if j < t:
+                d = cal.next_day(d + 1)
+                j = close_ns(d) + self._settle_ns
+            return j
+        except CalendarUnknown as e:
+            self.lifecycle.note_unknown(e, "clock")
+            return NO_DEADLINE
+
+    def _set_clock(self, t: int) -> None:
+        self.clock_ns = int(t)
+        self._boundary = self._next_boundary(self.clock_ns)
+
+    def _advance_to(self, t: int, now_ns: int) -> list[dict]:
+        """Move the clock to `t`, judging every close passed on the way."""
+        if self.clock_ns == 0:
+            self._set_clock(t)
+            return []
+        out = []
+        while t > self._boundary:
+            b = self._boundary
+            self.clock_ns = max(self.clock_ns, b)
+            out.extend(self.lifecycle.at_close(china_day(b - self._settle_ns), now_ns))
+            self._boundary = self._next_boundary(b + 1)
+        self.clock_ns = max(self.clock_ns, int(t))
+        return out
+
+    def _catch_up(self, now_ns: int) -> list[dict]:
+        """Before the first tick: processing time drives the clock ("ticks"), or the tape's
+        first time starts it and the start-up picture is announced then ("tape")."""
+        if self.config.clock == "ticks":
+            if self._ticked:
+                return []
+            t = min(int(now_ns), self._first_ts) if self._first_ts else int(now_ns)
+            return self._advance_to(t, now_ns)
+        if self._startup is None:
+            return []
+        t = self._first_ts or self._target
+        if not t:
+            return []
+        self._set_clock(t)
+        bad, prev, trig = self._startup
+        self._startup = None
+        return self._events(bad, prev, trig, t, now_ns)
+
+    def finish_tape(self, now_ns: int) -> list[dict]:
+        """A tape that ended without a tick: its start-up picture, at `now_ns` (the clock stays
+        unknown)."""
+        if self._startup is None:
+            return []
+        bad, prev, trig = self._startup
+        self._startup = None
+        return self._events(bad, prev, trig, now_ns, now_ns)
+
+    def release_at(self, t: int) -> int | None:
+        """When the orders of a plan made at `t` may go: None inside a session (now), else the
+        next session's start (ns). None too when the calendar does not know the days (then
+        announced: calendar_ok is false)."""
+        try:
+            return release_at(self.lifecycle.calendar, t)
+        except CalendarUnknown as e:
+            self.lifecycle.note_unknown(e, "release")
+            return None
+
+    def set_calendar(self, calendar: TradingCalendar, now_ns: int) -> list[dict]:
+        """Use `calendar` from now on (closures added): dates the calls waiting for it
+        (CALL_DEADLINE events), and closes are judged again if the clock had run past the
+        known days (the closes it passed meanwhile are not judged after the fact)."""
+        t = self.now(now_ns)
+        events = self.lifecycle.set_calendar(calendar, t, now_ns)
+        if self.clock_ns:
+            self._boundary = self._next_boundary(self.clock_ns)
+        events.extend(self.lifecycle.flush_unknown(t, now_ns))
+        return events
+
+    def market(self) -> str:
+        """The market's state at the engine clock (monitor/core/sessions.py)."""
+        if not self.clock_ns:
+            return "unknown"
+        return market_state(self.lifecycle.calendar, self.clock_ns)
+
+    def calendar_health(self) -> dict:
+        h = self.lifecycle.health(self.clock_ns)
+        h["market"] = self.market()
+        h["clock_ns"] = self.clock_ns or None
+        return h
 
     # ------------------------------------------------------------------ cycles
     def start(self, now_ns: int) -> list[dict]:
@@ -191,22 +341,59 @@ class Engine:
         bad = np.flatnonzero(self.reported <= u.WARNING)
         prev = np.full(bad.shape[0], u.UNSET_TIER, dtype=np.int8)
         trig = np.full(bad.shape[0], -1, dtype=np.int64)
-        return self._events(bad, prev, trig, now_ns, now_ns)
+        if self.config.clock == "tape" and not self.clock_ns:
+            self._startup = (bad, prev, trig)  # announced at the tape's first time
+            return []
+        events = self._catch_up(now_ns)
+        t = self.now(now_ns)
+        events.extend(self._events(bad, prev, trig, t, now_ns))
+        events.extend(self.lifecycle.flush_unknown(t, now_ns))
+        return events
 
     def cycle(self, now_ns: int) -> list[dict]:
-        """Apply everything queued since the last cycle; return the events it causes."""
+        """Apply everything queued since the last cycle; return the events it causes. A close
+        judgement the ticks (or `advance_clock`) pass is made on the prices before it."""
         t0 = time.perf_counter_ns()
-        st, h, b = self.state, self.state.h, self.state.book
         stats = CycleStats(ticks=self._pending_ticks)
+        events = self._catch_up(now_ns)
+        while True:
+            events.extend(self._apply_pending(now_ns, stats))
+            if not self._deferred:
+                break
+            events.extend(self._advance_to(self._boundary + 1, now_ns))  # the close
+            later, self._deferred = self._deferred, []
+            for sec, price, ts in later:
+                stats.ticks += sec.shape[0]
+                self.add_ticks(sec, price, ts)
+        if self._target > self.clock_ns:
+            events.extend(self._advance_to(self._target, now_ns))
+        if now_ns - self._credit_last_ns >= self.config.credit_interval_ns:
+            self._credit_last_ns = now_ns  # price-driven credit crossings: one slice at a time
+            events.extend(self.credit_slice(now_ns))
+        events.extend(self.lifecycle.flush_unknown(self.now(now_ns), now_ns))
+        stats.events = len(events)
+        stats.ns = time.perf_counter_ns() - t0
+        self.last_cycle = stats
+        self.cycles += 1
+        return events
+
+    def _apply_pending(self, now_ns: int, stats: CycleStats) -> list[dict]:
+        """The queued ticks (all stamped before the next close judgement) move the book."""
+        st, h, b = self.state, self.state.h, self.state.book
+        self._pending_ticks = 0
         k = take_pending(self._pending_list, self._n_pending, self._pending_price,
                          self._pending_flag, st.price, self.old_price, self._secs, self._prices)
         self._n_pending = 0
-        self._pending_ticks = 0
-        stats.symbols = k
+        stats.symbols += k
         n_changed = 0
         if k:
             secs, prices = self._secs[:k], self._prices[:k]
             self.last_ts[secs] = self._pending_ts[secs]
+            hi = int(self._pending_ts[secs].max())
+            # the first tick's exchange time replaces the stand-in processing time, even an
+            # earlier one (closes already judged are not judged again: the boundary stays)
+            self.clock_ns = max(self.clock_ns, hi) if self._ticked else hi
+            self._ticked = True
             rows = holders_touched(secs, k, h.long_hptr, h.short_hptr)
             big = rows > self.config.sweep_share * max(h.n_rows, 1)
             t_path = time.perf_counter_ns()
@@ -256,19 +443,13 @@ class Engine:
             triggers(changed, n_changed, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr,
                      h.short_sec, h.short_qty, st.price, self.old_price, self._trigger)
             trig = self._trigger[:n_changed]
-            ts_event = np.where(trig >= 0, self._pending_ts[np.maximum(trig, 0)], now_ns)
+            ts_event = np.where(trig >= 0, self._pending_ts[np.maximum(trig, 0)],
+                                self.now(now_ns))
             events = self._events(changed.copy(), self._previous[:n_changed].copy(),
                                   trig.copy(), ts_event, now_ns)
         if k:
             self.old_price[self._secs[:k]] = st.price[self._secs[:k]]
-        events.extend(self._call_lifecycle(now_ns))
-        if now_ns - self._credit_last_ns >= self.config.credit_interval_ns:
-            self._credit_last_ns = now_ns  # price-driven credit crossings: one slice at a time
-            events.extend(self.credit_slice(now_ns))
-        stats.events = len(events)
-        stats.ns = time.perf_counter_ns() - t0
-        self.last_cycle = stats
-        self.cycles += 1
+        events.extend(self.lifecycle.cure_intraday(self.now(now_ns), now_ns))
         return events
 
     def apply_account_event(self, ev: dict, now_ns: int) -> list[dict]:
@@ -291,17 +472,20 @@ class Engine:
             raise
         if not accounts:
             return []
+        events = self._catch_up(now_ns)
         if self._based:
             if len(accounts) > self._chunk:  # e.g. interest accrued on the whole book
                 self.state.stale = True
                 self.state.sync()  # one sweep: every value exact, references dropped
             else:
                 self._pin(accounts)
-        events = self._account_event_transitions(ev, accounts, now_ns)
+        events.extend(self._account_event_transitions(ev, accounts, now_ns))
         if self.patterns is not None:
             events.extend(self.patterns.observe(ev, now_ns))
-        events.extend(self._call_lifecycle(now_ns))  # a deposit may cure a call at once
+        t = self.now(now_ns)
+        events.extend(self.lifecycle.cure_intraday(t, now_ns))  # a deposit may cure at once
         events.extend(self.credit.check(accounts, now_ns))  # caps, lines (monitor/credit.py)
+        events.extend(self.lifecycle.flush_unknown(t, now_ns))
         return events
 
     @property
@@ -332,7 +516,7 @@ class Engine:
         if n == 0:
             return []
         ts = ev.get("ts")
-        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else now_ns
+        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else self.now(now_ns)
         events = self._events(self._changed[:n].copy(), self._previous[:n].copy(),
                               np.full(n, -1, dtype=np.int64), ts, now_ns)
         trigger = {"event": ev["type"], "event_id": ev.get("event_id")}
@@ -432,6 +616,8 @@ class Engine:
         st = self.state
         figs = st.figures_many(accounts)
         ts_ev = np.broadcast_to(np.asarray(ts_event, dtype=np.int64), accounts.shape)
+        t = self.now(now_ns)
+        release = None
         out = []
         for a, prev, s, ts, f in zip(accounts.tolist(), previous.tolist(), trig.tolist(),
                                      ts_ev.tolist(), figs, strict=True):
@@ -444,60 +630,29 @@ class Engine:
             ev["profile"] = st.book.profile_names[st.book.profile_of[a]]
             ev["trigger"] = (None if s < 0 else
                              {"symbol": st.book.symbols[s], "price": yuan(int(st.price[s]))})
-            if tier == u.FORCED_LIQUIDATION:
-                ev["plan"] = self.plan(a, now_ns)
+            if tier == u.FORCED_LIQUIDATION:  # always intraday, whatever the call basis
+                ev["plan"] = self.plan(a, t)
+                if release is None:
+                    release = self.release_at(t) or 0
+                if release:
+                    ev["release_at"] = release
             out.append(ev)
             if tier == u.MARGIN_CALL and (prev == u.UNSET_TIER or prev > u.MARGIN_CALL):
-                # the engine's clock (not the tick's exchange time) runs deadlines, so a
-                # replay of old ticks does not open calls that are already expired
-                call = self.calls.open(a, now_ns, f)
-                if call is not None:
-                    out.append(self._call_event("CALL_ISSUED", a, call, ts, now_ns, f))
+                out.extend(self.lifecycle.entered_margin_call(a, t, ts, now_ns, f))
         return out
 
     def envelope(self, kind: str, ts_event: int, now_ns: int) -> dict:
         """A new event's envelope (next seq of this run)."""
         return self.stamps.envelope(kind, ts_event, now_ns)
 
-    def _call_event(self, kind, a, call, ts, now_ns, figures=None) -> dict:
-        ev = self.envelope(kind, ts, now_ns)
-        ev.update(figures or self.state.figures(a))
-        ev["tier"] = u.TIER_NAMES[int(self.reported[a])]
-        ev["previous_tier"] = ev["tier"]
-        ev["profile"] = self.state.book.profile_names[self.state.book.profile_of[a]]
-        ev["call"] = call.as_dict()
-        return ev
-
-    def _call_lifecycle(self, now_ns: int) -> list[dict]:
-        """Cure open calls whose account is back at the target; expire those past deadline."""
-        calls = self.calls
-        if calls.accounts.shape[0] == 0:
-            return []
-        st, b = self.state, self.state.book
-        accts = calls.accounts
-        A, L = st.values(accts)
-        T = b.profile_lines[b.profile_of[accts], u.LINE_TARGET]
-        cured = (L <= 0) | (A * u.RATIO_SCALE >= T * L)
-        due = np.flatnonzero(cured | (calls.deadlines <= now_ns))
-        out = []
-        for a, ok in zip(accts[due].tolist(), cured[due].tolist(), strict=True):
-            if ok:
-                call = calls.close(a, "CURED", now_ns)
-                out.append(self._call_event("CALL_CURED", a, call, now_ns, now_ns))
-            else:
-                call = calls.close(a, "EXPIRED", now_ns)
-                ev = self._call_event("CALL_EXPIRED", a, call, now_ns, now_ns)
-                ev["plan"] = self.plan(a, now_ns)
-                out.append(ev)
-        return out
-
-    def plan(self, a: int, now_ns: int) -> dict:
-        """The lot-rounded liquidation plan of account `a` at the current prices; events into
-        FORCED_LIQUIDATION and CALL_EXPIRED carry it, so a liquidation hook acts on the prices
-        that triggered it (`priced_ns` tells a consumer how old they are)."""
+    def plan(self, a: int, t_ns: int) -> dict:
+        """The lot-rounded liquidation plan of account `a` at the current prices, made at
+        engine time `t_ns`; events into FORCED_LIQUIDATION and CALL_EXPIRED carry it, so a
+        liquidation hook acts on the prices that triggered it (`priced_ns` tells a consumer
+        how old they are)."""
         orders, ratio_after, residual = self.state.plan(a)
         return {"orders": orders, "ratio_after": ratio_after, "residual": residual,
-                "priced_ns": int(now_ns)}
+                "priced_ns": int(t_ns)}
 
     # ------------------------------------------------------------------ views
     def open_breaches(self, now_ns: int) -> list[dict]:
@@ -533,6 +688,8 @@ class Engine:
             "debt": {name: round(float(debt[i]) / u.MONEY_SCALE, 2)
                      for i, name in enumerate(u.TIER_NAMES)},
             "open_calls": int(self.calls.accounts.shape[0]),
+            "clock_ns": self.clock_ns or None,
+            "market": self.market(),
             "cycles": self.cycles,
             "sweeps": self.sweeps,
             "last_cycle": {"ticks": c.ticks, "symbols": c.symbols, "path": c.path,
@@ -553,13 +710,17 @@ class Engine:
         arrays["call_account"] = np.array([c.account for c in calls], dtype=np.int64)
         arrays["call_issued_ns"] = np.array([c.issued_ns for c in calls], dtype=np.int64)
         arrays["call_deadline_ns"] = np.array([c.deadline_ns for c in calls], dtype=np.int64)
-        arrays["call_deadline_day"] = np.array([c.deadline.toordinal() for c in calls],
-                                               dtype=np.int64)
+        arrays["call_deadline_day"] = np.array(  # -1: no deadline (the calendar's)
+            [c.deadline.toordinal() if c.deadline is not None else -1 for c in calls],
+            dtype=np.int64)
         arrays["call_deposit"] = np.array([c.deposit for c in calls], dtype=np.float64)
+        arrays["call_basis"] = np.array([c.basis for c in calls], dtype=np.int8)
+        arrays["call_days"] = np.array([c.days for c in calls], dtype=np.int64)
         seen = ae.seen_ids() if ae is not None else []
         arrays["seen_ids"] = np.frombuffer(orjson.dumps(seen), dtype=np.uint8).copy()
         meta = {"run_id": self.run_id, "seq": self.seq, "cycles": self.cycles,
-                "events_applied": ae.applied if ae is not None else 0}
+                "events_applied": ae.applied if ae is not None else 0,
+                "clock_ns": self.clock_ns, "ticked": self._ticked}
         return meta, arrays
 
     def restore_state(self, meta: dict, arrays: dict, now_ns: int, *, seq: int | None = None,
@@ -579,6 +740,10 @@ class Engine:
                 isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63
                 for x in (applied, new_seq)):
             raise ValueError("snapshot manifest: run_id, seq or events_applied malformed")
+        clock = meta.get("clock_ns") or 0
+        if not isinstance(clock, int) or isinstance(clock, bool) or not 0 <= clock < 2**63 \
+                or not isinstance(meta.get("ticked", False), bool):
+            raise ValueError("snapshot manifest: clock_ns or ticked malformed")
         for k in ("cash", "accrued", "other_debt", "other_collateral", "profile_of", "haircut",
                   "suspended"):
             getattr(b, k)[:] = arrays["book_" + k]
@@ -597,11 +762,20 @@ class Engine:
         self._n_pending = 0
         self._pending_ticks = 0
         st.sweep()  # exact market values at the restored prices
+        k = arrays["call_account"].shape[0]  # basis and days: older snapshots lack them
+        basis = arrays.get("call_basis", np.zeros(k, dtype=np.int8))
+        days = arrays.get("call_days", np.full(k, self.config.call_days, dtype=np.int64))
         self.calls.restore([
-            MarginCall(int(a), int(i), date.fromordinal(int(d)), int(dn), float(x))
-            for a, i, dn, d, x in zip(arrays["call_account"], arrays["call_issued_ns"],
-                                      arrays["call_deadline_ns"], arrays["call_deadline_day"],
-                                      arrays["call_deposit"], strict=True)])
+            MarginCall(int(a), int(i), date.fromordinal(int(d)) if d > 0 else None,
+                       int(dn) if d > 0 else NO_DEADLINE, float(x), basis=int(cb), days=int(n))
+            for a, i, dn, d, x, cb, n in zip(
+                arrays["call_account"], arrays["call_issued_ns"], arrays["call_deadline_ns"],
+                arrays["call_deadline_day"], arrays["call_deposit"], basis, days, strict=True)])
+        self._deferred = []
+        self._startup = None
+        self._ticked = bool(meta.get("ticked", False))
+        if clock:
+            self._set_clock(clock)
         if self.account_events is not None:
             self.account_events.restore(orjson.loads(arrays["seen_ids"].tobytes()), applied)
         self.stamps.run_id = run_id or old_run
@@ -614,8 +788,8 @@ class Engine:
         for i, a in enumerate(bad.tolist()):
             prev[i] = published.get(a, prev[i])
         origin = self.tier_seq[bad].tolist()
-        events = self._events(bad, prev, np.full(bad.shape[0], -1, dtype=np.int64), now_ns,
-                              now_ns)
+        t = self.now(now_ns)
+        events = self._events(bad, prev, np.full(bad.shape[0], -1, dtype=np.int64), t, now_ns)
         ids = self.state.book.account_ids
         origin_of = {ids[a]: (a, s) for a, s in zip(bad.tolist(), origin, strict=True)}
         for e in events:
@@ -626,6 +800,7 @@ class Engine:
             e["restored_event_id"] = f"{old_run}-{s}" if s > 0 else None
             call = self.calls.get(a)  # the whole picture: the open call, or none
             e["call"] = call.as_dict() if call is not None else None
+        events.extend(self.lifecycle.flush_unknown(t, now_ns))
         return events
 
 
@@ -668,10 +843,14 @@ def _check_restore(b, arrays: dict) -> None:
     if any(arrays[k].shape != (n_calls,) for k in ("call_issued_ns", "call_deadline_ns",
                                                   "call_deadline_day", "call_deposit")):
         raise ValueError("snapshot margin-call arrays differ in length")
-    if n_calls and (ca.min() < 0 or ca.max() >= n
-                    or arrays["call_deadline_day"].min() < 1
-                    or arrays["call_deadline_day"].max() > date.max.toordinal()):
+    dd = arrays["call_deadline_day"]  # -1: a call the calendar could not date
+    if n_calls and (ca.min() < 0 or ca.max() >= n or ((dd < 1) & (dd != -1)).any()
+                    or dd.max() > date.max.toordinal()):
         raise ValueError("snapshot margin calls name unknown accounts or impossible dates")
+    for k, ok in (("call_basis", lambda a: ((a == 0) | (a == 1)).all()),
+                  ("call_days", lambda a: ((a >= 1) & (a <= 366)).all())):
+        if k in arrays and (arrays[k].shape != (n_calls,) or not ok(arrays[k])):
+            raise ValueError(f"snapshot array {k!r} does not fit the margin calls")
     try:
         seen = orjson.loads(arrays["seen_ids"].tobytes())
     except orjson.JSONDecodeError:

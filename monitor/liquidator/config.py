@@ -29,6 +29,7 @@ max_deliveries = 20                   # an entry delivered more often goes to de
 cooldown = 60.0                       # per account, after its orders were sent
 max_orders_per_second = 20            # all workers together (0 = unlimited)
 max_plan_age = 5.0                    # seconds; an older plan is re-priced before it is sent
+hold_outside_sessions = true          # a plan made outside a session waits for its release_at
 repricer = ""                         # http(s)://MONITOR:PORT | python:pkg.mod:function | ""
 repricer_token_file = ""              # the monitor's token; else MARGIN_MONITOR_TOKEN
 repricer_timeout = 5.0                # read timeout, as webhook_timeout
@@ -100,6 +101,7 @@ class LiquidatorConfig:
     cooldown: float = 60.0
     max_orders_per_second: int = 20
     max_plan_age: float = 5.0
+    hold_outside_sessions: bool = True  # orders wait for the event's release_at (sessions)
     repricer: str = ""
     repricer_token_file: str = ""
     repricer_token: str = field(default="", repr=False)
@@ -157,6 +159,8 @@ class LiquidatorConfig:
                 raise ConfigError(f"{k}: must be a whole number >= 1")
         if self.metrics_listen:
             parse_listen(self.metrics_listen)
+        if not isinstance(self.hold_outside_sessions, bool):
+            raise ConfigError("hold_outside_sessions: must be true or false")
         if not self.consumer:
             self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         return self

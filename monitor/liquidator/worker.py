@@ -17,6 +17,9 @@ Several workers (same group, different consumer names) share the work. Per entry
    second plan; the deferred plan is re-priced when its turn comes. A global fixed-window
    counter (``<prefix>:rate:<second>``) caps orders per second over all workers. The kill
    switch is read right before every hook call.
+   An event whose plan was made outside a trading session carries ``release_at`` (ns, the
+   next session's start): its orders wait until then (``hold_outside_sessions``), the entry
+   kept pending and its idle time refreshed, so no other worker reclaims it meanwhile.
 5. Hook success → one MULTI/EXEC: ``SET done``, delete the attempt, re-arm the cool-down,
    audit entry, XACK (for the Redis-stream hook the order XADDs are in the same
    transaction). Failure → retried with backoff ``max_attempts`` times, then the dead-letter
@@ -88,6 +91,7 @@ class _Local:
     fields: dict
     force_reprice: bool = False
     tries: int = 0
+    held: bool = False  # waiting for the event's release_at
 
 
 class Liquidator:
@@ -95,8 +99,11 @@ class Liquidator:
     being handled are finished or left pending for another worker)."""
 
     def __init__(self, cfg: LiquidatorConfig, *, hook: Hook | None = None,
-                 repricer: Repricer | None | str = "config", client: Any = None):
+                 repricer: Repricer | None | str = "config", client: Any = None,
+                 clock=time.time_ns):
+        """`clock` (ns since the epoch) is what `release_at` is compared with."""
         self.cfg = cfg.check()
+        self.clock = clock
         self.group = cfg.group + (".dry-run" if cfg.dry_run else "")
         self.keys = Keys(cfg.key_prefix + (":dry-run" if cfg.dry_run else ""))
         self.consumer = cfg.consumer
@@ -306,6 +313,10 @@ class Liquidator:
         """XAUTOCLAIM entries idle for claim_idle (a crashed or stuck worker's)."""
         r = self._client
         n = 0
+        held = [k for k, x in self._local.items() if x.held]
+        for stream in {k[0] for k in held}:  # ours, waiting for release_at: keep them ours
+            await r.xclaim(stream, self.group, self.consumer, 0,
+                           [k[1] for k in held if k[0] == stream], justid=True)
         for stream in (self.alerts, self.approved):
             start = "0-0"
             for _ in range(100):  # pages; bounded so one claim pass cannot run away
@@ -359,13 +370,14 @@ class Liquidator:
             self._spawn(key[0], key[1], loc.fields, loc.force_reprice, loc.tries)
 
     def _defer(self, job_or_key: Job | tuple[str, bytes], fields: dict | None, delay: float,
-               force_reprice: bool = False, tries: int = 0) -> None:
+               force_reprice: bool = False, tries: int = 0, held: bool = False) -> None:
         if isinstance(job_or_key, Job):
             key = (job_or_key.stream, job_or_key.entry_id)
             fields = job_or_key.fields
         else:
             key = job_or_key
-        self._local[key] = _Local(time.monotonic() + delay, fields or {}, force_reprice, tries)
+        self._local[key] = _Local(time.monotonic() + delay, fields or {}, force_reprice, tries,
+                                  held)
 
     async def _group_idle(self) -> bool:
         for stream in (self.alerts, self.approved):
@@ -461,6 +473,15 @@ class Liquidator:
     # ------------------------------------------------------------------ delivery
     async def _deliver(self, job: Job) -> None:
         r = self._client
+        rel = job.event.get("release_at")
+        if self.cfg.hold_outside_sessions and isinstance(rel, int) and not isinstance(rel, bool):
+            wait = (rel - self.clock()) / 1e9
+            if wait > 0:  # a plan made outside a session: its orders go at the next start
+                self.stats["held"] += 1
+                log.info("liquidator: event %s was planned outside a trading session; its "
+                         "orders wait %.1fs for the next session", job.event_id, wait)
+                self._defer(job, None, wait, job.force_reprice, held=True)
+                return
         token = f"{self.consumer}:{uuid.uuid4().hex[:12]}"
         lock = self.keys.lock(job.event_id)
         if not await r.set(lock, token, nx=True, px=self.lock_ms):

@@ -118,3 +118,53 @@ def test_wrong_token_is_refused(monitor_proc):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=5)
         assert e.value.code == 401
+
+
+REPLAY_BOOK = {
+    "securities": [{"symbol": "600000.SH", "price": "14.00", "haircut": "0.7",
+                    "prev_close": "13.00"}],  # the limit band: 11.70 to 14.30
+    "accounts": [{"account_id": "R1", "cash": "0", "positions": [
+        {"symbol": "600000.SH", "kind": "financed", "qty": 10000, "financed_cost": "100000",
+         "fin_margin_ratio": "1"}]}],
+}
+# 2026-09-30 (China time, UTC+8): R = price / 10 falls into MARGIN_CALL at 10:15
+SEP30 = 1_790_731_800_000_000_000  # 09:30
+REPLAY_TICKS = [("13.80", SEP30 + 60 * 10**9), ("12.40", SEP30 + 45 * 60 * 10**9),
+                ("12.20", SEP30 + 5 * 3600 * 10**9)]
+
+
+def test_a_replayed_day_gives_its_own_deadlines_and_the_same_events_twice(redis_fresh,
+                                                                          tmp_path):
+    """`run --feed replay:` runs on the tape's time: calls issued on 2026-09-30 at T+2 are due
+    2026-10-09 whatever the wall clock, and two runs publish the same events (but for
+    ts_published and the run's own event ids)."""
+    import subprocess
+    import sys
+
+    book = tmp_path / "book.json"
+    book.write_text(json.dumps(REPLAY_BOOK))
+    ticks = tmp_path / "ticks.jsonl"
+    ticks.write_text("".join(json.dumps({"symbol": "600000.SH", "price": p, "ts": t}) + "\n"
+                             for p, t in REPLAY_TICKS))
+    r = redis.Redis.from_url(redis_fresh.url)
+    runs = []
+    for stream in ("rp:a", "rp:b"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "monitor.cli", "run", "--book", str(book),
+             "--feed", f"replay:{ticks}", "--redis", redis_fresh.url,
+             "--alerts-stream", stream, "--until-feed-ends", "--listen", "127.0.0.1:0"],
+            cwd=tmp_path, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        runs.append([orjson.loads(f[b"data"]) for _, f in r.xrange(stream)])
+    a, b = runs
+    issued = [e for e in a if e["kind"] == "CALL_ISSUED"]
+    assert [e["call"]["deadline"] for e in issued] == ["2026-10-09"]
+    # issued at the tape's time (the cycle's last tick: a replay's ticks are conflated)
+    assert REPLAY_TICKS[1][1] <= issued[0]["call"]["issued_ns"] <= REPLAY_TICKS[-1][1]
+    assert a[0]["kind"] == "TIER_CHANGE" and a[0]["ts_event"] == REPLAY_TICKS[0][1]
+
+    def strip(events):
+        return [{k: v for k, v in e.items() if k not in ("ts_published", "event_id")}
+                for e in events]
+
+    assert strip(a) == strip(b)

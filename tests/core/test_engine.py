@@ -1,7 +1,7 @@
 """The sans-I/O engine: both update paths agree, transitions and hysteresis, start-up picture,
 seq / event_id, triggers and the margin-call lifecycle."""
 
-from datetime import date, datetime
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from kernels import units as u
 from monitor.app.warmup import SAMPLE_BOOK
 from monitor.book import synthetic as synthbook
 from monitor.book.load import book_from_dict, load_book
-from monitor.core.calls import CHINA, trading_day_after
+from monitor.core.calendar import CHINA
 from monitor.core.engine import Engine, EngineConfig
 from monitor.core.state import MarginState
 
@@ -142,20 +142,20 @@ def test_margin_call_issued_cured_and_expired():
     ev = move(e, 13.90, T0 + 2)  # R = 1.5058 >= target 1.50 -> cured
     assert "CALL_CURED" in [x["kind"] for x in ev]
     assert e.calls.open_accounts() == []
-    # a new call, then nothing cures it before the deadline
+    # a new call, then nothing cures it before the deadline: the engine's clock (the ticks'
+    # time, here moved on without ticks) passes the close of the due day
     move(e, 11.50, T0 + 3)
     assert len(e.calls.open_accounts()) == 1
     deadline_ns = e.calls.get(0).deadline_ns
-    assert e.cycle(deadline_ns - 1) == []
-    ev = e.cycle(deadline_ns)
+    settle = int(e.config.close_settle_s * 1e9)
+    assert e.cycle(deadline_ns + settle) == []  # the wall clock passed in does not count
+    e.advance_clock(deadline_ns + settle)  # ticks stamped up to the close's settle belong to it
+    assert e.cycle(T0) == []
+    e.advance_clock(deadline_ns + settle + 1)
+    ev = e.cycle(T0)
     assert [x["kind"] for x in ev] == ["CALL_EXPIRED"]
     assert ev[0]["call"]["state"] == "EXPIRED"
-
-
-def test_deadline_skips_weekends_and_holidays():
-    fri = date(2026, 11, 20)
-    assert trading_day_after(fri, 2, frozenset()) == date(2026, 11, 24)
-    assert trading_day_after(fri, 2, frozenset({date(2026, 11, 23)})) == date(2026, 11, 25)
+    assert ev[0]["ts_event"] == deadline_ns  # the close it was judged at
 
 
 def test_summary_counts_match_the_reported_tiers(synth_book):
@@ -182,5 +182,6 @@ def test_forced_liquidation_and_expired_calls_carry_a_plan_at_trigger_prices():
     assert [(o["symbol"], o["side"], o["price"]) for o in plan["orders"]] == [
         ("600000.SH", "sell", 10.5)]
     assert plan["ratio_after"] >= 1.5 and plan["residual"] == 0.0
-    expired = e.cycle(e.calls.get(0).deadline_ns)
+    e.advance_clock(e.calls.get(0).deadline_ns + 3600 * 10**9)
+    expired = e.cycle(T0)
     assert [x["kind"] for x in expired] == ["CALL_EXPIRED"] and "plan" in expired[0]

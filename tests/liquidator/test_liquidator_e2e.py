@@ -58,12 +58,15 @@ def test_real_monitor_alerts_become_the_vector_orders(redis_fresh, tmp_path):
     book = tmp_path / "book.json"
     book.write_text(json.dumps(sample_doc(strict=("C-TV1", "C-TV3", "C-TV7"))))
     ticks = tmp_path / "ticks.jsonl"
-    ticks.write_text('{"symbol": "600519.SH", "price": 20.01, "ts": 1}\n')
+    # a replay runs on its ticks' time: the plans are priced now, so they are fresh
+    ticks.write_text(json.dumps({"symbol": "600519.SH", "price": 20.01, "ts": time.time_ns()})
+                     + "\n")
     run = subprocess.run(cli("run", "--book", str(book), "--feed", f"replay:{ticks}",
                              "--redis", url, "--until-feed-ends", "--listen", "127.0.0.1:0"),
                          cwd=tmp_path, env=ENV, capture_output=True, timeout=60)
     assert run.returncode == 0, run.stderr.decode()[-2000:]
-    conf = write_config(tmp_path / "liquidator.toml", max_plan_age=120.0, block=0.1)
+    conf = write_config(tmp_path / "liquidator.toml", max_plan_age=120.0, block=0.1,
+                        hold_outside_sessions=False)  # whatever the time of day
     liq = subprocess.run(cli("liquidator", "--config", conf, "--redis", url,
                              "--alerts-stream", "margin:alerts", "--group", "liq",
                              "--consumer", "c1", "--hook", f"redis:{ORDERS}", "--mode", "auto",

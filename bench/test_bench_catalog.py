@@ -1,6 +1,6 @@
 """Every kernel of kernels/catalog.py on its sample inputs (kernels/samples.py), one benchmark
 per row and account count (MM_BENCH_SIZES): a row added to the catalog is benchmarked here, as
-it is tested in tests/test_kernel_catalog.py.
+it is tested in tests/kernels/test_kernel_catalog.py.
 
 The samples are small synthetic books (about n/4 securities, 0-8 positions per account), not the
 benchmark books of the other files, so these figures compare kernels with each other and runs

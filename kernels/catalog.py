@@ -1,8 +1,8 @@
 """Every public kernel in one table: what it computes, its plain reference and its inputs.
 
 One row per public `@njit` function of kernels/. The table drives both
-tests/test_kernel_catalog.py (each kernel against its reference on the row's sample inputs; every
-public kernel must have a row; signed kernels refuse a wrong dtype) and
+tests/kernels/test_kernel_catalog.py (each kernel against its reference on the row's sample
+inputs; every public kernel must have a row; signed kernels refuse a wrong dtype) and
 bench/test_bench_catalog.py (a benchmark per row), so a new kernel gets a test and a benchmark by
 adding its row, and cannot be added without a reference.
 

@@ -17,7 +17,7 @@ D = sum_g (LMV_g·S + c·SMV_g) and f_g = (LMV_g·S + c·SMV_g) / D, the tier ca
 `reach` is float32 rounded towards zero and each f_g is a uint8 share rounded up (so the sum
 over-states the move), with margins far above float rounding; deltas are rounded up. An
 account that fails the test is evaluated exactly (integer money, from its positions at the
-current prices), so the results equal a full sweep's, cycle for cycle; tests/test_reach.py
+current prices), so the results equal a full sweep's, cycle for cycle; tests/kernels/test_reach.py
 checks the bound and that equality.
 """
 

@@ -10,7 +10,7 @@ A record is the tuple the desk builds: ``(event_id, account_id, kind, tier, prev
 trigger symbol, ts_published, payload)``, where the payload is the event's published JSON
 (``outbox.encode_event``, right-sized). Its cost is the payload's length plus ``ENTRY_BYTES``, a
 measured allowance for the tuple, the id string, the index entries and the per-account slots
-(tests/test_desk.py checks the real allocation with tracemalloc).
+(tests/desk/test_desk.py checks the real allocation with tracemalloc).
 """
 
 from __future__ import annotations

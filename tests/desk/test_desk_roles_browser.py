@@ -4,7 +4,7 @@ crash; a viewer sees the alerts but no Ack button and no approvals; an operator 
 under the token's name; an approver approves a waiting liquidation plan and turns the kill
 switch on from the page, both recorded in the liquidator's Redis under the token's name.
 
-Needs `/usr/bin/chromium` and the `playwright` package, like tests/test_desk_browser.py."""
+Needs `/usr/bin/chromium` and the `playwright` package, like tests/desk/test_desk_browser.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Issue 7, faults: a stalled and a flooding websocket client against a running monitor (a
 real process playing a synthetic crash): the flooder is cut off and counted, and meanwhile a
 well-behaved client still gets every event in order and the tick path keeps cycling. (That a
-stalled client is dropped once its queue fills is tests/test_server.py's; filling the kernel's
+stalled client is dropped once its queue fills is tests/web/test_server.py's; filling the kernel's
 socket buffers here would take far more events than a test should wait for.)"""
 
 import asyncio

@@ -304,6 +304,10 @@
   }
 
   function dueSpan(deadlineNs) {
+    if (deadlineNs === null || deadlineNs === undefined) {  // past the known trading days
+      return el("span", { class: "due soon", title: "no deadline until the exchange calendar's closures for that year are configured",
+        text: "no deadline (calendar)" });
+    }
     const left = (deadlineNs / 1e6 - (Date.now() + S.serverOffsetMs)) / 1000;
     const cls = left < 0 ? "due past" : left < 3600 ? "due soon" : "due";
     return el("span", { class: cls, dataset: { deadline: deadlineNs }, title: "deadline " + dayTime(deadlineNs) + " China time",

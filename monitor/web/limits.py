@@ -32,11 +32,13 @@ or to abort a websocket whose peer stopped reading.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import email.utils
 import http
 import logging
 import re
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -271,6 +273,7 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            nodelay(transport)
             peer = self.client[0] if self.client else "?"
             reason = lst.admit(peer)
             if reason is not None:
@@ -396,6 +399,14 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
 
 _PHRASES = {400: "Bad request.\n", 414: "Request line too long.\n",
             431: "Request header fields too large.\n"}
+
+
+def nodelay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY on the connection (a reply must not wait for the peer's delayed ACK)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _status_line(status: int) -> bytes:

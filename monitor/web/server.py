@@ -290,6 +290,11 @@ class AlertServer:
                         "alerts travel in clear text", self.host)
         return self.bound
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The main port's listening sockets (empty before start and after close)."""
+        return [s for srv in (self._uv.servers if self._uv else []) for s in srv.sockets]
+
     async def aclose(self) -> None:
         """Close every client (1001) and stop listening."""
         uv, self._uv = self._uv, None
@@ -1088,7 +1093,10 @@ async def serve(app: Any, listener: Listener, host: str, port: int, *, ssl: Any 
     config.load()
     config.loaded_app = app  # never uvicorn's message-logging wrapper (it logs credentials)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto
+    # says TCP. Without it every answer written in two parts (head, then body; each websocket
+    # frame after a send) waits for the client's delayed ACK: 40 ms on one connection
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

@@ -173,6 +173,7 @@ def test_metrics_follow_prometheus_conventions(monitor):
     r.xadd("acct", {"data": b"{not json"})
     body = wait_for(lambda: (b := metrics(port)) and
                     'mm_account_events_rejected_total{reason="unknown_account"} 1.0' in b
+                    and 'mm_account_events_rejected_total{reason="undecodable"} 1.0' in b
                     and 'mm_ticks_rejected_total{reason="unknown_symbol"} 1.0' in b
                     and 'mm_cycles_total{path="none"} 0.0' not in b
                     and "mm_outbox_connected 1.0" in b and b,

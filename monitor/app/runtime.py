@@ -24,6 +24,7 @@ import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,8 @@ class Monitor:
             hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share, reach=cfg.reach_mode,
             call_days=cfg.call_days, calendar=build_calendar(cfg),
             close_settle_s=cfg.close_settle_s, clock="tape" if self.tape else "ticks",
-            max_skew_ns=cfg.max_tick_skew_ns),
+            max_skew_ns=cfg.max_tick_skew_ns,
+            shard=cfg.shard_spec.index if cfg.shard_spec is not None else None),
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
         self.universe = universe_of(book)
@@ -89,7 +91,10 @@ class Monitor:
                               "redis://…/STREAM)")
         self.feed = open_feed(cfg.feed, self.universe)
         self.feed_kind = feed_kind(cfg.feed)
-        self.event_source = open_events(cfg.events) if cfg.events else None
+        self.shard = cfg.shard_spec  # None: the whole book
+        self.other_shard_events = 0  # account events for another shard's accounts (skipped)
+        events = cfg.events_resolved
+        self.event_source = open_events(events) if events else None
         self._account_events: deque = deque()  # applied in order before the next tick cycle
         self.dead_letters = self._dead_letters(cfg)  # rejected account events, per reason
         self.event_rejects: Counter = self.dead_letters.counts
@@ -108,7 +113,7 @@ class Monitor:
         self._feed_failure: tuple[int, str, str] | None = None
         self._pending_since_ns = 0
         self._last_cycle_end_ns = 0
-        self._secrets = url_secrets(cfg.feed) + url_secrets(cfg.events or "")
+        self._secrets = url_secrets(cfg.feed) + url_secrets(events or "")
         self.metrics.watch(lambda: {"summary": self.summary(), "feed_kind": self.feed_kind})
         self._stopping = asyncio.Event()
         self.events_emitted = 0
@@ -166,6 +171,9 @@ class Monitor:
         src = getattr(self.event_source, "name", "")
         while q:
             ev = q.popleft()
+            if self.shard is not None and not self._ours(ev):
+                self.other_shard_events += 1  # another shard applies it
+                continue
             try:
                 self.desk.before_account_event(ev)
                 self.publish(self.engine.apply_account_event(ev, time.time_ns()))
@@ -180,6 +188,13 @@ class Monitor:
             for a, reason, why in skipped:  # a book-wide accrual left these accounts out
                 self.dead_letters.reject(reason, f"account {ids[a]}: {why}",
                                          {**ev, "account_id": ids[a]}, src)
+
+    def _ours(self, ev: Any) -> bool:
+        """An account event for one of this shard's accounts, or for every account (no
+        ``account_id``: accruals, haircuts, suspensions). Anything else malformed is applied,
+        so that the engine refuses it with its reason."""
+        aid = ev.get("account_id") if isinstance(ev, dict) else None
+        return not isinstance(aid, str) or self.shard.owns(aid)
 
     async def _feed_loop(self) -> None:
         live_feed = self.feed_kind in ("websocket", "redis")
@@ -328,6 +343,9 @@ class Monitor:
                                    "not_live_s": _not_live_s(ev_state, ev_since, now),
                                    "queued": len(self._account_events)}
         s["account_events_applied"] = self.engine.account_events.applied
+        s["account_events_other_shard"] = self.other_shard_events
+        s["shard"] = ({"index": self.shard.index, "count": self.shard.count}
+                      if self.shard is not None else None)
         s["account_events_rejected"] = dict(self.event_rejects)
         s["pending_symbols"] = self.engine.pending
         s["pending_s"] = (now - self._pending_since_ns) / 1e9 if self._pending_since_ns else 0.0
@@ -457,11 +475,10 @@ class Monitor:
         log.info("kernels ready in %.2fs", time.perf_counter() - t0)
         tokens = self.cfg.resolve_tokens()
         if self.redis_url:
-            self.outbox = self.outbox_factory(self.redis_url, stream=self.cfg.alerts_stream,
-                                      maxlen=self.cfg.alerts_maxlen,
-                                      summary_key=self.cfg.summary_key_resolved,
-                                      summary_ttl=self.cfg.summary_ttl_resolved,
-                                      spill_dir=self.cfg.spill_dir)
+            self.outbox = self.outbox_factory(
+                self.redis_url, stream=self.cfg.alerts_stream_resolved,
+                maxlen=self.cfg.alerts_maxlen, summary_key=self.cfg.summary_key_resolved,
+                summary_ttl=self.cfg.summary_ttl_resolved, spill_dir=self.cfg.spill_dir)
         self.desk.store = (RedisAckStore(self.redis_url) if self.redis_url
                            else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
         acks_loaded = await self.desk.load_acks()

@@ -186,6 +186,18 @@ class CreditRef:
         if kind in ("financed_buy", "short_sale", "collateral_buy", "collateral_sell") \
                 and sec.get("suspended"):
             out.append(("SUSPENDED", sym))
+        if kind in ("financed_buy", "short_sale", "collateral_buy", "collateral_sell"):
+            rs = ref.Security(sec)
+            if act.get("price") is not None and not rs.limit_down <= px <= rs.limit_up:
+                out.append(("PRICE_OUTSIDE_BAND", px))
+            # whole lots (STAR / Beijing: the minimum, then single shares); a sale may also
+            # take the whole odd remainder of what is held
+            step = 1 if rs.board in ref.ONE_SHARE_STEPS else 100
+            ok = qty >= rs.lot and (qty - rs.lot) % step == 0
+            if not ok and kind == "collateral_sell" and 0 < qty <= held:
+                ok = qty % step == held % step if step > 1 else qty == held
+            if not ok:
+                out.append(("LOT_SIZE", qty))
         if kind == "financed_buy" and sec.get("financing_eligible") is False:
             out.append(("NOT_ELIGIBLE", "financing"))
         if kind == "short_sale" and sec.get("short_eligible") is False:
@@ -205,11 +217,10 @@ class CreditRef:
             if block and block != "none" and TIER_ORDER.index(tier) <= TIER_ORDER.index(block):
                 out.append(("NEW_DEBT_BLOCKED", tier))
             want = "financed" if kind == "financed_buy" else "short"
-            if act.get("margin_ratio") is not None:
-                margin = ref.dec(act["margin_ratio"])
-            else:
-                rows = [p for p in m["positions"] if p.symbol == sym and p.kind == want]
-                margin = rows[0].margin_ratio if rows else D(1)
+            rows = [p for p in m["positions"] if p.symbol == sym and p.kind == want]
+            margin = rows[0].margin_ratio if rows else D(1)
+            if act.get("margin_ratio") is not None:  # it can only raise the requirement
+                margin = max(margin, ref.dec(act["margin_ratio"]))
             amb = ref.available_margin_balance(m, m["price"])
             if amb < V * margin:
                 out.append(("INSUFFICIENT_MARGIN", ref.fen(V * margin)))

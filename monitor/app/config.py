@@ -116,6 +116,7 @@ class RunConfig:
     pretrade_listen: str | None = None
     pretrade_max_connections: int = 256
     pretrade_idle_timeout_s: float = 30.0
+    pretrade_hold_s: float = 30.0  # a check's "reserve": true hold lapses after this
     # the liquidator's approvals and kill switch, over HTTP (docs/liquidation.md): its Redis
     # (default: `redis`) and key prefix
     liquidator_redis: str | None = None

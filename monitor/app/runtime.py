@@ -45,7 +45,7 @@ from monitor.core.account_events import AccountEventError
 from monitor.core.credit import CreditConfig
 from monitor.core.engine import Engine, EngineConfig
 from monitor.core.patterns import PatternConfig
-from monitor.core.pretrade import PretradeService
+from monitor.core.pretrade import Holds, PretradeService
 from monitor.core.state import MarginState
 from monitor.desk.readmodel import Desk, FileAckStore, RedisAckStore
 from monitor.errors import ConfigError
@@ -122,7 +122,8 @@ class Monitor:
         self.snapshots = (Snapshots(self, cfg.state_dir, cfg.snapshot_interval_s)
                           if cfg.state_dir else None)
         self.audit: AuditLog | None = None  # created by run() when cfg.audit_dir is set
-        self.pretrade = PretradeService(self.engine)  # POST /api/pretrade on both ports
+        # POST /api/pretrade on both ports; "reserve": true holds margin until the fill
+        self.pretrade = PretradeService(self.engine, Holds(ttl_s=cfg.pretrade_hold_s))
         self.pretrade_listener = None  # keep-alive listener (cfg.pretrade_listen)
         self.control = None  # the liquidator's LiquidationControl, when there is a Redis
 
@@ -174,6 +175,8 @@ class Monitor:
             if self.shard is not None and not self._ours(ev):
                 self.other_shard_events += 1  # another shard applies it
                 continue
+            if isinstance(ev, dict) and "hold_id" in ev:  # the fill of a reserved check: its
+                self.pretrade.holds.release(ev["hold_id"])  # hold ends, applied or refused
             try:
                 self.desk.before_account_event(ev)
                 self.publish(self.engine.apply_account_event(ev, time.time_ns()))
@@ -356,6 +359,7 @@ class Monitor:
                 "queued", "spilled", "backlog", "in_flight", "published", "connected",
                 "failures", "reconnects", "resent", "spill_errors", "oldest_queued_age_s",
                 "last_error")}
+        s["pretrade_holds"] = self.pretrade.holds.stats()
         s["patterns"] = self.engine.patterns.stats()
         if self.snapshots is not None:
             s["snapshot"] = self.snapshots.stats()

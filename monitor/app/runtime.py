@@ -179,8 +179,11 @@ class Monitor:
                 self.pretrade.holds.release(ev["hold_id"])  # hold ends, applied or refused
             try:
                 self.desk.before_account_event(ev)
-                self.publish(self.engine.apply_account_event(ev, time.time_ns()))
+                now = time.time_ns()
+                self.publish(self.engine.apply_account_event(ev, now))
                 skipped = self.engine.account_events.skipped
+                if self.audit is not None and ev.get("type") == "fill":
+                    self.audit.record_fill(ev, now)  # statements: executed liquidations
             except AccountEventError as e:
                 self.dead_letters.reject(e.reason, str(e), ev, src)
                 continue

@@ -145,10 +145,14 @@ class RedisEvents(EventSource):
         self.reader.close()
 
 
-def open_events(spec: str) -> EventSource:
+def open_events(spec: str, *, cluster: bool = False) -> EventSource:
+    """The account-event source of `spec`; `cluster`: a Redis stream on a Redis Cluster."""
     if spec.startswith(("redis://", "rediss://")):
         conn, stream, query = split_redis_spec(spec)
-        return RedisEvents(conn, stream, **parse_params(query, PARAMS, "account events"))
+        params = parse_params(query, PARAMS, "account events")
+        if cluster:
+            params["cluster"] = True
+        return RedisEvents(conn, stream, **params)
     if spec.startswith("jsonl:"):
         spec = spec[len("jsonl:"):]
     return FileEvents(spec)

@@ -88,3 +88,19 @@ def parse_params(query: str, types: dict[str, type], where: str) -> dict:
         except ValueError:
             raise ValueError(f"{where}: bad value for {key!r}: {value!r}") from None
     return out
+
+
+def redis_client(url: str, *, cluster: bool = False, **opts):
+    """An asyncio Redis client for `url`: redis-py's cluster client when `cluster` (the URL is
+    any node of a Redis Cluster; it discovers the others and follows MOVED / ASK), else a plain
+    one. `opts` are the connection options of both (timeouts, decode_responses, retry, ...);
+    those only the plain client knows are dropped for the cluster one."""
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        for k in ("retry_on_timeout", "single_connection_client"):
+            opts.pop(k, None)
+        return RedisCluster.from_url(url, **opts)
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url, **opts)

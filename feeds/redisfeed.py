@@ -34,12 +34,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from feeds.base import BaseFeed
-from feeds.net import Backoff, mask_url, parse_params, url_secrets
+from feeds.net import Backoff, mask_url, parse_params, redis_client, url_secrets
 from feeds.status import SourceStatus, redis_error_kind
 from feeds.ticks import TickBatch
 
 log = logging.getLogger(__name__)
-PARAMS = {"start": str, "block_ms": int, "count": int, "field": str}
+PARAMS = {"start": str, "block_ms": int, "count": int, "field": str, "cluster": bool}
 
 
 def split_redis_spec(spec: str) -> tuple[str, str, str]:
@@ -67,8 +67,9 @@ class StreamReader:
     def __init__(self, url: str, stream: str, *, start: str = "$", block_ms: int = 1000,
                  count: int = 50, field: str = "data", backoff_initial: float = 0.1,
                  backoff_max: float = 5.0, connect_timeout: float = 2.0,
-                 socket_timeout: float | None = None, name: str = ""):
+                 socket_timeout: float | None = None, name: str = "", cluster: bool = False):
         self.url = url
+        self.cluster = cluster  # a Redis Cluster node (redis-py's cluster client)
         self.stream = stream
         self.start = start
         self.block_ms = int(block_ms)
@@ -96,8 +97,8 @@ class StreamReader:
         self.status.finished()
 
     def _client(self) -> Redis:
-        return Redis.from_url(
-            self.url,
+        return redis_client(
+            self.url, cluster=self.cluster,
             decode_responses=False,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.socket_timeout,
@@ -166,13 +167,15 @@ class RedisFeed(BaseFeed):
                  block_ms: int = 1000, count: int = 50, field: str = "data",
                  backoff_initial: float = 0.1, backoff_max: float = 5.0,
                  connect_timeout: float = 2.0, socket_timeout: float | None = None,
-                 name: str | None = None, max_message_bytes: int = 1 << 20):
+                 name: str | None = None, max_message_bytes: int = 1 << 20,
+                 cluster: bool = False):
         super().__init__(universe, name=name or f"{mask_url(url)}/{stream}",
                          max_message_bytes=max_message_bytes)
         self.reader = StreamReader(url, stream, start=start, block_ms=block_ms, count=count,
                                    field=field, backoff_initial=backoff_initial,
                                    backoff_max=backoff_max, connect_timeout=connect_timeout,
-                                   socket_timeout=socket_timeout, name=self.name)
+                                   socket_timeout=socket_timeout, name=self.name,
+                                   cluster=cluster)
         self.url = url
         self.stream = stream
 

@@ -152,6 +152,7 @@ def _run(args) -> int:
             "snapshot_interval_s": args.snapshot_interval, "audit_dir": args.audit_dir,
             "tls_cert": args.tls_cert, "tls_key": args.tls_key,
             "pretrade_listen": args.pretrade_listen, "shard": args.shard,
+            "redis_cluster": True if args.redis_cluster else None,
             "until_feed_ends": True if args.until_feed_ends else None})
         if not cfg.book:
             raise ConfigError("no book: give --book PATH or `book` in the config file")
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pretrade-listen", metavar="HOST:PORT",
                      help="also serve POST /api/pretrade with keep-alive connections here "
                           "(off by default; port 0 = any free port; same token)")
+    run.add_argument("--redis-cluster", action="store_true",
+                     help="every Redis URL (--redis, redis:// feeds and events) is a node of "
+                          "a Redis Cluster")
     run.add_argument("--shard", metavar="I/N",
                      help="monitor only shard I of N (accounts with crc32(id) mod N == I), "
                           "from the whole book or its split-book folder; alerts go to "
@@ -315,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     liq.add_argument("--config", help="liquidator.toml; flags below override it")
     liq.add_argument("--redis", help="Redis URL of the alert stream (redis:// or rediss://)")
     liq.add_argument("--alerts-stream", help="alert stream key (default margin:alerts)")
+    liq.add_argument("--redis-cluster", action="store_true",
+                     help="--redis is a node of a Redis Cluster (the alert stream, key prefix "
+                          "and a redis: hook need one hash tag, e.g. margin:alerts:{0})")
     liq.add_argument("--group", help="consumer group shared by the workers (default liquidator)")
     liq.add_argument("--consumer", help="this worker's name in the group (default HOST-PID)")
     liq.add_argument("--hook", help="redis:STREAM | http(s)://URL | python:package.module:function"

@@ -162,6 +162,100 @@ def redis_fresh(redis_server):
     return redis_server
 
 
+class RedisClusterNodes:
+    """Three private redis-server processes with ``--cluster-enabled yes``, joined by
+    ``redis-cli --cluster create`` (no replicas). Ports stay below 55536: each node's cluster
+    bus listens on its port + 10000."""
+
+    def __init__(self, binary: str, cli: str, workdir: Path, n: int = 3):
+        self.binary, self.cli, self.workdir = binary, cli, workdir
+        self.ports = _cluster_ports(n)
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def url(self) -> str:
+        """Any node: the cluster client discovers the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self, timeout: float = 30.0) -> None:
+        for port in self.ports:
+            d = self.workdir / str(port)
+            d.mkdir(parents=True, exist_ok=True)
+            self.procs.append(subprocess.Popen(
+                [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(d), "--logfile", str(d / "redis.log"),
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
+                 "--cluster-node-timeout", "2000", "--daemonize", "no"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + timeout
+        while not all(_ping(p) for p in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster nodes did not come up")
+            time.sleep(0.05)
+        subprocess.run([self.cli, "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=timeout)
+        while b"cluster_state:ok" not in subprocess.run(
+                [self.cli, "-p", str(self.ports[0]), "cluster", "info"],
+                capture_output=True, timeout=10).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def flushall(self) -> None:
+        for port in self.ports:
+            subprocess.run([self.cli, "-p", str(port), "flushall"], capture_output=True,
+                           timeout=10)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+def _cluster_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p < 55536 and p not in ports and all(_free(q) for q in (p + 10000,)):
+            ports.append(p)
+    return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real 3-node Redis Cluster on loopback for the session (emptied per test by
+    `redis_cluster_fresh`)."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        pytest.skip("redis-server / redis-cli not found (apt-get install redis-server)")
+    with tempfile.TemporaryDirectory(prefix="mm-cluster-") as tmp:
+        nodes = RedisClusterNodes(binary, cli, Path(tmp))
+        try:
+            nodes.start()
+            yield nodes
+        finally:
+            nodes.kill()
+
+
+@pytest.fixture
+def redis_cluster_fresh(redis_cluster):
+    redis_cluster.flushall()
+    return redis_cluster
+
+
 def start_monitor(args: list[str], cwd, timeout: float = 60.0):
     """`margin-monitor run ARGS --listen 127.0.0.1:<free port>` as a process, returned once
     /healthz answers: (process, port). The caller stops it."""

@@ -56,8 +56,10 @@ class DeadLetters:
     def __init__(self, *, redis_url: str | None = None, stream: str | None = None,
                  spill_dir: str | Path = "spill", maxlen: int = 100_000,
                  log_interval_s: float = 10.0, max_file_bytes: int = 256 * 2**20,
-                 queue_max: int = 100_000, on_count: Callable[[str], None] | None = None):
+                 queue_max: int = 100_000, on_count: Callable[[str], None] | None = None,
+                 cluster: bool = False):
         self.redis_url = redis_url if stream else None
+        self.cluster = cluster  # a Redis Cluster node (redis-py's cluster client)
         self.stream = stream
         self.path = Path(spill_dir) / FILE_NAME
         self.maxlen = int(maxlen)
@@ -149,10 +151,10 @@ class DeadLetters:
 
     async def _xadd(self, batch: list[dict]) -> None:
         if self._client is None:
-            import redis.asyncio as aioredis
+            from feeds.net import redis_client
 
-            self._client = aioredis.from_url(self.redis_url, socket_connect_timeout=2,
-                                             socket_timeout=5)
+            self._client = redis_client(self.redis_url, cluster=self.cluster,
+                                        socket_connect_timeout=2, socket_timeout=5)
         pipe = self._client.pipeline(transaction=False)
         for d in batch:
             fields = {k: (v if isinstance(v, (str, bytes)) else str(v)) for k, v in d.items()}

@@ -73,7 +73,7 @@ from typing import Any
 
 import orjson
 
-from feeds.net import Backoff, mask_url, redact, url_secrets
+from feeds.net import Backoff, mask_url, redact, redis_client, url_secrets
 
 log = logging.getLogger("monitor.adapters.outbox")
 
@@ -121,10 +121,12 @@ class RedisOutbox:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         redis_options: Mapping[str, Any] | None = None,
+        cluster: bool = False,
     ) -> None:
         if batch < 1 or max_memory_events < 1:
             raise ValueError("batch and max_memory_events must be >= 1")
         self._url = url
+        self.cluster = cluster  # `url` is a Redis Cluster node (redis-py's cluster client)
         self._masked_url = mask_url(url)
         self._secrets = url_secrets(url)
         self.stream = stream
@@ -424,7 +426,6 @@ class RedisOutbox:
             await asyncio.wait_for(self._stop_evt.wait(), delay)
 
     async def _connect(self) -> bool:
-        import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
@@ -437,7 +438,7 @@ class RedisOutbox:
                     "health_check_interval": 0,
                 }
                 opts.update(self._redis_options)
-                self._client = aioredis.from_url(self._url, **opts)
+                self._client = redis_client(self._url, cluster=self.cluster, **opts)
             async with asyncio.timeout(self.connect_timeout + self.op_timeout):
                 await self._client.ping()
         except Exception as e:  # noqa: BLE001 - any failure = outage; retried with backoff

@@ -274,9 +274,10 @@ class Snapshots:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", stream)
         found = _events_of(_spill_tail(Path(mon.cfg.spill_dir) / f"{safe}.spill.jsonl"),
                            run_id, since)
-        import redis.asyncio as aioredis
+        from feeds.net import redis_client
 
-        client = aioredis.from_url(mon.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        client = redis_client(mon.redis_url, cluster=mon.cfg.redis_cluster,
+                              socket_connect_timeout=2, socket_timeout=5)
         try:
             top = "+"
             while True:  # newest first, back to the snapshot's seq

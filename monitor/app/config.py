@@ -35,6 +35,7 @@ keep_alive_s = 5.0               # an idle kept-alive connection is closed after
 max_body_bytes = 16384           # POST bodies over this: 413
 desk_event_bytes = 268435456     # the risk desk's memory of recent events (256 MiB)
 max_tick_skew_s = 5.0            # ticks / account events timed further ahead of now are refused
+redis_cluster = false            # true: every Redis URL is a node of a Redis Cluster
 shard = "0/3"                    # optional: monitor only shard I of N (docs/scale-out.md);
                                  # alerts go to "<alerts_stream>:{I}", and "{shard}" in `events`
                                  # becomes "{I}" (a per-shard event stream)
@@ -124,6 +125,7 @@ class RunConfig:
     credit: dict = field(default_factory=dict)  # [credit] table: monitor/credit.py CreditConfig
     desk_event_bytes: int = 256 * 2**20  # the risk desk's event memory (docs/risk-desk.md)
     shard: str = ""  # "I/N": monitor only shard I of N (monitor/book/shard.py); "" all
+    redis_cluster: bool = False  # every Redis URL is a node of a Redis Cluster
 
     @property
     def shard_spec(self) -> Shard | None:

@@ -89,12 +89,13 @@ class Monitor:
             raise ConfigError("no feed: give --feed SPEC or `feed` in the config file "
                               "(synthetic[:scenario] for simulated prices, replay:PATH, ws://…, "
                               "redis://…/STREAM)")
-        self.feed = open_feed(cfg.feed, self.universe)
+        self.feed = open_feed(cfg.feed, self.universe, **(
+            {"cluster": True} if cfg.redis_cluster and cfg.feed.startswith("redis") else {}))
         self.feed_kind = feed_kind(cfg.feed)
         self.shard = cfg.shard_spec  # None: the whole book
         self.other_shard_events = 0  # account events for another shard's accounts (skipped)
         events = cfg.events_resolved
-        self.event_source = open_events(events) if events else None
+        self.event_source = open_events(events, cluster=cfg.redis_cluster) if events else None
         self._account_events: deque = deque()  # applied in order before the next tick cycle
         self.dead_letters = self._dead_letters(cfg)  # rejected account events, per reason
         self.event_rejects: Counter = self.dead_letters.counts
@@ -157,7 +158,7 @@ class Monitor:
         src, reader = self.event_source, getattr(self.event_source, "reader", None)
         dl = DeadLetters(redis_url=getattr(reader, "url", None),
                          stream=f"{reader.stream}:dead" if reader is not None else None,
-                         spill_dir=cfg.spill_dir)
+                         spill_dir=cfg.spill_dir, cluster=cfg.redis_cluster)
         if src is not None:  # undecodable messages are dead-lettered too
             src.on_reject = lambda reason, raw, why: dl.reject(reason, why, raw, src.name)
         parser = getattr(self.feed, "parser", None)
@@ -485,15 +486,18 @@ class Monitor:
             self.outbox = self.outbox_factory(
                 self.redis_url, stream=self.cfg.alerts_stream_resolved,
                 maxlen=self.cfg.alerts_maxlen, summary_key=self.cfg.summary_key_resolved,
-                summary_ttl=self.cfg.summary_ttl_resolved, spill_dir=self.cfg.spill_dir)
-        self.desk.store = (RedisAckStore(self.redis_url) if self.redis_url
+                summary_ttl=self.cfg.summary_ttl_resolved, spill_dir=self.cfg.spill_dir,
+                cluster=self.cfg.redis_cluster)
+        self.desk.store = (RedisAckStore(self.redis_url, cluster=self.cfg.redis_cluster)
+                           if self.redis_url
                            else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
         acks_loaded = await self.desk.load_acks()
         host, port = self.cfg.host_port
         control_redis = self.cfg.liquidator_redis or self.redis_url
         if control_redis:  # the liquidator's approvals and kill switch, over HTTP
             self.control = LiquidationControl(control_redis,
-                                              key_prefix=self.cfg.liquidator_key_prefix)
+                                              key_prefix=self.cfg.liquidator_key_prefix,
+                                              cluster=self.cfg.redis_cluster)
         self.server = AlertServer(host=host, port=port, tokens=tokens, control=self.control,
                                   snapshot=lambda: self.engine.open_breaches(time.time_ns()),
                                   health=self.health, registry=self.metrics.registry,

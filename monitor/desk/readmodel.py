@@ -120,13 +120,14 @@ class RedisAckStore:
 
     kind = "redis"
 
-    def __init__(self, url: str, key: str = ACK_KEY, timeout: float = 2.0):
-        import redis.asyncio as aioredis
+    def __init__(self, url: str, key: str = ACK_KEY, timeout: float = 2.0,
+                 cluster: bool = False):
+        from feeds.net import redis_client
 
         self.key = key
         self._masked = mask_url(url)
-        self._client = aioredis.from_url(url, socket_timeout=timeout,
-                                         socket_connect_timeout=timeout)
+        self._client = redis_client(url, cluster=cluster, socket_timeout=timeout,
+                                    socket_connect_timeout=timeout)
 
     def describe(self) -> str:
         return f"redis {self._masked} hash {self.key}"

@@ -24,7 +24,8 @@ def _config(args, **extra):
     from monitor.errors import ConfigError
     from monitor.liquidator.config import load_liquidator_config
 
-    over = {"redis": getattr(args, "redis", None), "key_prefix": getattr(args, "key_prefix", None)}
+    over = {"redis": getattr(args, "redis", None), "key_prefix": getattr(args, "key_prefix", None),
+            "redis_cluster": True if getattr(args, "redis_cluster", False) else None}
     over.update(extra)
     try:
         cfg = load_liquidator_config(getattr(args, "config", None), over)
@@ -109,7 +110,8 @@ def kill_switch(args) -> int:
         return EXIT_INVALID
 
     async def main() -> int:
-        ctl = LiquidationControl(cfg.redis, key_prefix=cfg.key_prefix, done_ttl=cfg.done_ttl)
+        ctl = LiquidationControl(cfg.redis, key_prefix=cfg.key_prefix, done_ttl=cfg.done_ttl,
+                                 cluster=cfg.redis_cluster)
         try:
             if args.action == "on":
                 rec = await ctl.engage_kill_switch(_who(args), args.reason or "")
@@ -147,7 +149,8 @@ def approvals(args) -> int:
         return EXIT_INVALID
 
     async def main() -> int:
-        ctl = LiquidationControl(cfg.redis, key_prefix=cfg.key_prefix, done_ttl=cfg.done_ttl)
+        ctl = LiquidationControl(cfg.redis, key_prefix=cfg.key_prefix, done_ttl=cfg.done_ttl,
+                                 cluster=cfg.redis_cluster)
         try:
             recs = await ctl.pending()
             if args.action == "list":

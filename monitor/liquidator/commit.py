@@ -50,7 +50,9 @@ class Outcomes:
             async with r.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(done_key)
-                    if await pipe.exists(done_key):
+                    # execute_command: redis-py's cluster pipeline does not await a watched
+                    # EXISTS (it splits it across slots); one key needs no split
+                    if await pipe.execute_command("EXISTS", done_key):
                         await pipe.unwatch()
                         await self.ack_done(job)
                         self.ctx.stats["duplicates"] += 1
@@ -137,7 +139,9 @@ class Outcomes:
             async with r.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(done_key)
-                    if await pipe.exists(done_key):
+                    # execute_command: redis-py's cluster pipeline does not await a watched
+                    # EXISTS (it splits it across slots); one key needs no split
+                    if await pipe.execute_command("EXISTS", done_key):
                         await pipe.unwatch()
                         await self.ack_done(job)
                         return

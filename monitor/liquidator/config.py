@@ -112,6 +112,7 @@ class LiquidatorConfig:
     repricer_ca_file: str = ""
     http_keepalive_expiry: float = 5.0
     key_prefix: str = "margin:liq"
+    redis_cluster: bool = False  # `redis` is a node of a Redis Cluster (see check())
     done_ttl: float = 7 * 86400.0
     concurrency: int = 4
     block: float = 1.0
@@ -138,6 +139,18 @@ class LiquidatorConfig:
         for k in ("alerts_stream", "group", "key_prefix", "hook"):
             if not str(getattr(self, k)).strip():
                 raise ConfigError(f"{k}: must not be empty")
+        if self.redis_cluster:
+            # one MULTI/EXEC commits an outcome: every key it touches must be in one slot
+            tags = {"alerts_stream": hash_tag(self.alerts_stream),
+                    "key_prefix": hash_tag(self.key_prefix + ":x")}
+            if self.hook.startswith("redis:") and not self.hook.startswith("redis://"):
+                tags["hook"] = hash_tag(self.hook[len("redis:"):])
+            if None in tags.values() or len(set(tags.values())) > 1:
+                raise ConfigError(
+                    "redis_cluster: the alert stream, key_prefix and a redis: hook stream must "
+                    "carry the same hash tag (one slot for each commit), e.g. margin:alerts:{0}"
+                    ", margin:liq:{0}, redis:margin:orders:{0}; got " + ", ".join(
+                        f"{k} {v or '(none)'}" for k, v in tags.items()))
         if self.group_start not in ("0", "$"):
             raise ConfigError("group_start: must be \"0\" or \"$\"")
         for name, m in [("mode", self.mode)] + [(f"modes.{p}", v) for p, v in self.modes.items()]:
@@ -214,6 +227,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
                           "liquidator's /metrics has no token, so it binds 127.0.0.1 or ::1 only "
                           "(scrape it through a local agent)")
     return host, p
+
+
+def hash_tag(key: str) -> str | None:
+    """The Redis Cluster hash tag of `key` (what is between its first ``{`` and the next
+    ``}``, when not empty), or None: keys with one tag share a slot."""
+    i = key.find("{")
+    j = key.find("}", i + 1) if i >= 0 else -1
+    return key[i + 1:j] if i >= 0 and j > i + 1 else None
 
 
 def _read_secret(path: str, key: str) -> str:

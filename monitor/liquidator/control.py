@@ -54,11 +54,12 @@ class LiquidationControl:
     closed by :meth:`aclose` when passed in)."""
 
     def __init__(self, redis: Any, *, key_prefix: str = "margin:liq",
-                 done_ttl: float = 7 * 86400.0):
+                 done_ttl: float = 7 * 86400.0, cluster: bool = False):
         if isinstance(redis, str):
-            import redis.asyncio as aioredis
+            from feeds.net import redis_client
 
-            self._r = aioredis.from_url(redis, socket_connect_timeout=5, socket_timeout=10)
+            self._r = redis_client(redis, cluster=cluster, socket_connect_timeout=5,
+                                   socket_timeout=10)
             self._own = True
         else:
             self._r = redis

@@ -42,7 +42,7 @@ import logging
 import time
 from typing import Any
 
-from feeds.net import mask_url, url_secrets
+from feeds.net import mask_url, redis_client, url_secrets
 from monitor.liquidator.commit import Outcomes
 from monitor.liquidator.config import LiquidatorConfig
 from monitor.liquidator.context import WorkerContext
@@ -147,11 +147,9 @@ class Liquidator:
                        "approvals": approvals, "kill_switch": 1 if kill else 0}
 
     async def _setup(self) -> None:
-        import redis.asyncio as aioredis
-
         if self.ctx.client is None:
-            self.ctx.client = aioredis.from_url(
-                self.cfg.redis, socket_connect_timeout=5,
+            self.ctx.client = redis_client(
+                self.cfg.redis, cluster=self.cfg.redis_cluster, socket_connect_timeout=5,
                 socket_timeout=max(10.0, self.cfg.block + 5.0), health_check_interval=30)
         self.policy.register_scripts(self.ctx.client)
         await self.intake.create_groups()

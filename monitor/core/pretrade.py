@@ -182,6 +182,11 @@ class _Account:
                 amb -= c * S + mv * m
         return amb
 
+    def free_cash(self) -> int:
+        """Cash less the short-sale proceeds of open shorts, at least 0 (margin-rules.md §1)."""
+        return max(0, self.cash - sum(c for _, k, q, c, _ in self.rows
+                                      if k == u.SHORT and q > 0))
+
     def row(self, s, kind) -> int:
         for i, r in enumerate(self.rows):
             if r[0] == s and r[1] == kind:
@@ -201,6 +206,15 @@ def _account(state: MarginState, a: int) -> _Account:
         b.pos_cost[lo:hi].tolist(), b.pos_margin_ratio[lo:hi].tolist(), strict=True) if q > 0]
     return _Account(int(b.cash[a]), int(b.other_collateral[a]), int(b.accrued[a]),
                     int(b.other_debt[a]), rows)
+
+
+def withdrawable_amount(free: int, amb4: int, A: int, L: int, line_bp: int) -> int:
+    """Cash one account may withdraw (margin-rules.md §3), exact: with debt
+    `max(0, min(C_free, AMB, A − w·L))` rounded down to the li (AMB in money·bp), all free
+    cash without debt. The same rule as kernels.margin.withdrawable_one, on the exact AMB."""
+    if L <= 0:
+        return max(0, free)
+    return max(0, min(free, amb4 // S, (A * S - line_bp * L) // S))
 
 
 # ---------------------------------------------------------------- concentration
@@ -293,6 +307,20 @@ def check(state: MarginState, account_id: str, action: dict | Action,
     if kind == "cash_withdrawal" and acct.cash < act.amount:
         reasons.append({"code": "INSUFFICIENT_CASH", "cash": yuan(acct.cash),
                         "required": yuan(act.amount)})
+    if kind in ("cash_withdrawal", "collateral_transfer_out"):
+        free = acct.free_cash()
+        amb4 = acct.amb4(price, hc_bp)
+        wd = withdrawable_amount(free, amb4, A, L, int(lines[u.LINE_WITHDRAWABLE]))
+        figures.update({"free_cash": yuan(free), "withdrawable": yuan(wd)})
+        if kind == "cash_withdrawal":
+            if free < act.amount <= acct.cash:  # short-sale proceeds are never withdrawn
+                reasons.append({"code": "SHORT_PROCEEDS", "free_cash": yuan(free),
+                                "required": yuan(act.amount)})
+            if L > 0 and amb4 < act.amount * S:  # never beyond the available margin balance
+                figures["available_margin_balance"] = yuan(amb4 / S)
+                reasons.append({"code": "INSUFFICIENT_MARGIN",
+                                "available_margin_balance": yuan(amb4 / S),
+                                "required": yuan(act.amount)})
 
     # --- new debt: tier, halt, margin, line
     if kind in NEW_DEBT:
@@ -360,7 +388,7 @@ def check(state: MarginState, account_id: str, action: dict | Action,
         if L2 > 0 and A2 * S < wl * L2:
             reasons.append({"code": "BELOW_WITHDRAWAL_LINE", "ratio_after": _ratio(A2, L2),
                             "line": wl / S,
-                            "withdrawable": yuan(max(0, min(acct.cash, (A * S - wl * L) // S)))})
+                            "withdrawable": figures["withdrawable"]})
 
     if kind in CONCENTRATING:
         before = concentration(state, t, p, A, L, longs)

@@ -79,6 +79,9 @@ OK = 0
  FUTURE) = range(1, len(REASONS) + 1)
 DEFAULT_MAX_SKEW_S = u.DEFAULT_MAX_SKEW_NS / 1e9
 NEVER = -1  # last_ts / last_price of a security that has not ticked yet
+_NS_PER_DAY = 86_400 * 10**9
+_CHINA_OFFSET_NS = 8 * 3600 * 10**9
+_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
 _TS_MAX = 2**63
 _SAMPLE_CHARS = 200
 _NoneType = type(None)
@@ -243,6 +246,11 @@ def _check(sec, price_f, ts, reason, limit_down, limit_up, last_ts, last_price, 
         last_price[s] = li
         price_li[i] = li
     return rounded
+
+
+def _china_days(ts: np.ndarray) -> np.ndarray:
+    """China-time (UTC+8) day ordinals of ns timestamps."""
+    return (ts + _CHINA_OFFSET_NS) // _NS_PER_DAY + _EPOCH_ORDINAL
 
 
 class TickParser:
@@ -451,8 +459,11 @@ class TickParser:
         price_li = np.zeros(n, dtype=np.int64)
         uni = self.universe
         max_ts = min(int(self.clock()) + self.max_skew_ns, _TS_MAX - 1)
-        self.sub_li += _check(sec, price_f, ts, reason, uni.limit_down, uni.limit_up,
-                              self.last_ts, self.last_price, price_li, max_ts)
+        if getattr(uni, "rebands", None) is None:
+            self.sub_li += _check(sec, price_f, ts, reason, uni.limit_down, uni.limit_up,
+                                  self.last_ts, self.last_price, price_li, max_ts)
+        else:
+            self.sub_li += self._check_by_day(sec, price_f, ts, reason, price_li, max_ts)
         self.ticks_seen += n
         if not reason.any():
             self.ticks_accepted += n
@@ -470,6 +481,29 @@ class TickParser:
         n_ok = int(counts[0])
         self.ticks_accepted += n_ok
         return TickBatch(sec[ok].astype(np.int32), price_li[ok], ts[ok], recv_ns)
+
+    def _check_by_day(self, sec, price_f, ts, reason, price_li, max_ts) -> int:
+        """`_check` with each tick against the band of its own trading date: runs of ticks of one
+        day in message order, the universe's band moved to that day before each run."""
+        uni = self.universe
+        live = reason == 0
+        if not live.any():
+            return 0
+        days = _china_days(ts)
+        lo, hi = int(days[live].min()), int(days[live].max())
+        if lo == hi:
+            uni.set_day(lo)
+            return _check(sec, price_f, ts, reason, uni.limit_down, uni.limit_up, self.last_ts,
+                          self.last_price, price_li, max_ts)
+        bounds = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), ts.shape[0]]
+        rounded = 0
+        for i, j in zip(bounds[:-1], bounds[1:], strict=True):
+            if not live[i:j].any():
+                continue
+            uni.set_day(int(days[i]))
+            rounded += _check(sec[i:j], price_f[i:j], ts[i:j], reason[i:j], uni.limit_down,
+                              uni.limit_up, self.last_ts, self.last_price, price_li[i:j], max_ts)
+        return rounded
 
 
 class _SymbolsOf:

@@ -82,7 +82,8 @@ class Monitor:
             max_skew_ns=cfg.max_tick_skew_ns),
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
-        self.universe = universe_of(book)
+        # the tick guard's bands follow each tick's trading date (kernels/bands.py)
+        self.universe = universe_of(book, self.state.bands_for, self.state.bands.day)
         if not cfg.feed:
             raise ConfigError("no feed: give --feed SPEC or `feed` in the config file "
                               "(synthetic[:scenario] for simulated prices, replay:PATH, ws://…, "

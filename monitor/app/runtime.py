@@ -70,7 +70,7 @@ class Monitor:
         self.outbox_factory = outbox_factory
         self.book = book
         self.metrics = Metrics()
-        self.state = MarginState(book, live=True)
+        self.state = MarginState(book, live=True, unlimited_shock_bp=cfg.no_limit_shock_bp)
         # a tape (replay, synthetic) runs on its own time only; a live feed's silence lets the
         # receive time move the engine's clock on (the heartbeat)
         self.tape = cfg.feed.startswith(("replay:", "synthetic"))

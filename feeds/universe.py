@@ -23,6 +23,10 @@ import numpy as np
 from kernels import bands as kb
 from kernels import units as u
 
+_NS_PER_DAY = 86_400 * 10**9
+_CHINA_OFFSET_NS = 8 * 3600 * 10**9
+_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
+
 
 @dataclass(slots=True)
 class Universe:
@@ -60,6 +64,14 @@ class Universe:
     @property
     def n(self) -> int:
         return len(self.symbols)
+
+    def band_window(self) -> tuple[int, int]:
+        """[from, to) in ns of the trading date whose band limit_down / limit_up hold
+        (China-time midnight to midnight); everything when the band is not dated."""
+        if not self.band_day or self.rebands is None:
+            return -(2**63), 2**63 - 1
+        start = (self.band_day - _EPOCH_ORDINAL) * _NS_PER_DAY - _CHINA_OFFSET_NS
+        return start, start + _NS_PER_DAY
 
     def set_day(self, day: int) -> None:
         """Hold the band of trading day `day` (ordinal) in limit_down / limit_up, in place."""

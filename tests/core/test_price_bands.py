@@ -80,10 +80,15 @@ def test_one_message_spanning_the_switch():
     msg = orjson.dumps([{"symbol": "600001.SH", "price": 10.40, "ts": ts(BEFORE)},
                         {"symbol": "600001.SH", "price": 10.60, "ts": ts(BEFORE, 11)},
                         {"symbol": "600001.SH", "price": 10.70, "ts": ts(SWITCH)},
-                        {"symbol": "600002.SH", "price": 10.50, "ts": ts(SWITCH)}])
+                        # back to the earlier date (another symbol), a malformed tick between
+                        {"symbol": "600002.SH", "price": 10.40, "ts": ts(BEFORE)},
+                        {"symbol": "600002.SH", "price": 10.60, "ts": ts(BEFORE, 11)},
+                        {"symbol": 5, "price": 10.0},
+                        {"symbol": "600002.SH", "price": 10.70, "ts": ts(SWITCH)}])
     batch = p.parse(msg)
-    assert batch.price.tolist() == [10_400, 10_700, 10_500]
-    assert p.rejections.counts["out_of_band"] == 1
+    assert batch.price.tolist() == [10_400, 10_700, 10_400, 10_700]
+    assert p.rejections.counts["out_of_band"] == 2
+    assert p.rejections.counts["malformed"] == 1
     assert p.universe.band_day == SWITCH.toordinal()
 
 

@@ -79,7 +79,11 @@ OK = 0
  FUTURE) = range(1, len(REASONS) + 1)
 DEFAULT_MAX_SKEW_S = u.DEFAULT_MAX_SKEW_NS / 1e9
 NEVER = -1  # last_ts / last_price of a security that has not ticked yet
+_NS_PER_DAY = 86_400 * 10**9
+_CHINA_OFFSET_NS = 8 * 3600 * 10**9
+_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
 _TS_MAX = 2**63
+_TS_MIN = -(2**63)
 _SAMPLE_CHARS = 200
 _NoneType = type(None)
 
@@ -191,21 +195,28 @@ def _sample_text(sample: object) -> str:
 
 @numba.njit(cache=True, nogil=True)
 def _check(sec, price_f, ts, reason, limit_down, limit_up, last_ts, last_price, price_li,
-           max_ts):
-    """All per-tick checks, in order, updating the per-security state of accepted ticks;
-    `max_ts` is the latest ts taken (the clock + the allowed skew).
+           max_ts, start, band_from, band_to, stop):
+    """All per-tick checks, in order, from tick `start` on, updating the per-security state of
+    accepted ticks; `max_ts` is the latest ts taken (the clock + the allowed skew).
 
     `reason` arrives pre-filled with the structural verdicts (malformed / missing_field); a tick
-    with a non-zero reason is skipped. Returns the number of accepted ticks that were rounded."""
+    with a non-zero reason is skipped. The band holds for ticks timed in [band_from, band_to)
+    (one trading date): at the first tick outside it the loop stops, `stop[0]` says where (else
+    the number of ticks), so the caller can move the band to that tick's date and go on.
+    Returns the number of accepted ticks that were rounded."""
     n_sec = limit_down.shape[0]
     rounded = 0
-    for i in range(sec.shape[0]):
+    stop[0] = sec.shape[0]
+    for i in range(start, sec.shape[0]):
         if reason[i] != 0:
             continue
         t = ts[i]
         if t < 0:
             reason[i] = 2  # malformed
             continue
+        if t < band_from or t >= band_to:
+            stop[0] = i  # another trading date: its band first
+            return rounded
         p = price_f[i]
         if not np.isfinite(p):
             reason[i] = 4  # non_finite
@@ -245,6 +256,11 @@ def _check(sec, price_f, ts, reason, limit_down, limit_up, last_ts, last_price, 
     return rounded
 
 
+def _china_days(ts):
+    """China-time (UTC+8) day ordinals of ns timestamps (an array or one int)."""
+    return (ts + _CHINA_OFFSET_NS) // _NS_PER_DAY + _EPOCH_ORDINAL
+
+
 class TickParser:
     """Stateful validator of tick messages for one universe (one per feed).
 
@@ -268,6 +284,7 @@ class TickParser:
         self.ticks_accepted = 0
         self.sub_li = 0  # accepted ticks whose price was rounded to the li
         self.last_message_ns = 0  # wall clock of the last message / column block
+        self._stop = np.zeros(1, dtype=np.int64)  # where _check stopped (another date)
 
     # -- JSON ------------------------------------------------------------------------------
 
@@ -449,10 +466,8 @@ class TickParser:
     def _finish(self, sec, price_f, ts, reason, recv_ns, items, columns) -> TickBatch:
         n = sec.shape[0]
         price_li = np.zeros(n, dtype=np.int64)
-        uni = self.universe
         max_ts = min(int(self.clock()) + self.max_skew_ns, _TS_MAX - 1)
-        self.sub_li += _check(sec, price_f, ts, reason, uni.limit_down, uni.limit_up,
-                              self.last_ts, self.last_price, price_li, max_ts)
+        self.sub_li += self._check_by_day(sec, price_f, ts, reason, price_li, max_ts)
         self.ticks_seen += n
         if not reason.any():
             self.ticks_accepted += n
@@ -471,6 +486,25 @@ class TickParser:
         self.ticks_accepted += n_ok
         return TickBatch(sec[ok].astype(np.int32), price_li[ok], ts[ok], recv_ns)
 
+    def _check_by_day(self, sec, price_f, ts, reason, price_li, max_ts) -> int:
+        """`_check` with each tick against the band of its own trading date: a universe with
+        `rebands` moves its band to the date of the first tick outside the current one and
+        the checks go on from there (message order is kept); without, one fixed band."""
+        uni = self.universe
+        stop = self._stop
+        if getattr(uni, "rebands", None) is None:
+            return _check(sec, price_f, ts, reason, uni.limit_down, uni.limit_up, self.last_ts,
+                          self.last_price, price_li, max_ts, 0, _TS_MIN, _TS_MAX - 1, stop)
+        rounded, start, n = 0, 0, sec.shape[0]
+        while True:
+            lo, hi = uni.band_window()
+            rounded += _check(sec, price_f, ts, reason, uni.limit_down, uni.limit_up,
+                              self.last_ts, self.last_price, price_li, max_ts, start, lo, hi,
+                              stop)
+            start = int(stop[0])
+            if start >= n:
+                return rounded
+            uni.set_day(int(_china_days(int(ts[start]))))
 
 class _SymbolsOf:
     """Symbol names of sec indices, for samples of rejected typed ticks."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import (
+    bands,
     common,
     concentration,
     conflate,
@@ -123,9 +124,15 @@ KERNELS: tuple[Kernel, ...] = (
            "available margin balance of listed accounts",
            R + "available_margin_balance", "reference.available_margin_balance",
            s.make_available_margin_balance, tol=(1e-12, 1.0)),
+    Kernel("margin.free_cash", margin.free_cash,
+           "cash less the short-sale proceeds of open shorts, at least 0 (margin-rules.md §1)",
+           R + "free_cash", "reference.free_cash", s.make_free_cash),
     Kernel("margin.withdrawable_one", margin.withdrawable_one,
-           "cash one account may withdraw and stay at the withdrawal line",
+           "cash one account may withdraw: free cash, within AMB, staying at the line",
            R + "withdrawable_one", "reference.withdrawable", s.make_withdrawable_one),
+    Kernel("margin.withdrawable", margin.withdrawable,
+           "withdrawable cash of every listed account",
+           R + "withdrawable", "reference.withdrawable", s.make_withdrawable),
     # stress.py
     Kernel("stress.stress_ratio", stress.stress_ratio,
            "ratio with longs at limit-down and shorts at limit-up",
@@ -224,6 +231,13 @@ KERNELS: tuple[Kernel, ...] = (
            "untradable securities: suspended, longs at limit-down, shorts at limit-up",
            R + "blocked_flags", "reference.Security.sell_blocked / buy_blocked",
            s.make_blocked_flags),
+    # bands.py: daily price limits by trading date
+    Kernel("bands.limit_prices", bands.limit_prices,
+           "limit-down / limit-up of every security from its band and tick (half up)",
+           R + "limit_prices", "reference.limit_price", s.make_limit_prices),
+    Kernel("bands.stress_prices", bands.stress_prices,
+           "one-day stress prices: the limits, or the shock for a security without one",
+           R + "stress_prices", "reference.Security.stress_prices", s.make_stress_prices),
 )
 
 BY_NAME = {k.name: k for k in KERNELS}

@@ -425,9 +425,10 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
     return rows, A, L
 
 
-@nb.njit(void(I64, I64, I64, B1, B1, B1), cache=True)
-def blocked_flags(price, limit_down, limit_up, suspended, sell_blocked, buy_blocked):
-    """Untradable: suspended; longs locked at limit-down; shorts locked at limit-up."""
+@nb.njit(void(I64, I64, I64, B1, B1, B1, B1), cache=True)
+def blocked_flags(price, limit_down, limit_up, has_limit, suspended, sell_blocked, buy_blocked):
+    """Untradable: suspended; longs locked at limit-down; shorts locked at limit-up. A security
+    without a daily limit (`has_limit` false, kernels/bands.py) is never locked."""
     for s in range(price.shape[0]):
-        sell_blocked[s] = suspended[s] or price[s] <= limit_down[s]
-        buy_blocked[s] = suspended[s] or price[s] >= limit_up[s]
+        sell_blocked[s] = suspended[s] or (has_limit[s] and price[s] <= limit_down[s])
+        buy_blocked[s] = suspended[s] or (has_limit[s] and price[s] >= limit_up[s])

@@ -15,11 +15,13 @@ inputs copy them first (the tests and benchmarks do).
 
 from __future__ import annotations
 
+from datetime import date
 from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
 
+from . import bands
 from . import units as u
 from .reach import N_CLASSES, price_classes
 
@@ -34,13 +36,19 @@ def _rng(seed: int, salt: int) -> np.random.Generator:
     return np.random.default_rng([seed, salt])
 
 
+SAMPLE_DAY = date(2026, 7, 6)  # the trading date of the toy book's bands
+
+
 def limit_band(prev_close: np.ndarray, board: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Limit-down / limit-up (li): prev_close × (1 ∓ board limit), half up to the 0.01 tick."""
-    limit_bp = u.BOARD_LIMIT_BP[board.astype(I64)]
-    scale = u.RATIO_SCALE * u.LIMIT_TICK
-    down = (prev_close * (u.RATIO_SCALE - limit_bp) + scale // 2) // scale * u.LIMIT_TICK
-    up = (prev_close * (u.RATIO_SCALE + limit_bp) + scale // 2) // scale * u.LIMIT_TICK
-    return down.astype(I64), up.astype(I64)
+    """Limit-down / limit-up (li) of stocks on SAMPLE_DAY, from kernels/bands.py."""
+    n = board.shape[0]
+    band = bands.band_bps(SAMPLE_DAY, board, np.zeros(n, dtype=bool), np.zeros(n, dtype=I8),
+                          np.zeros(n, dtype=bool), np.full(n, bands.DERIVE, dtype=I64),
+                          np.zeros(n, dtype=I64))
+    down, up = np.empty(n, dtype=I64), np.empty(n, dtype=I64)
+    bands.limit_prices(prev_close.astype(I64), band, np.full(n, bands.TICK[0], dtype=I64),
+                       down, up)
+    return down, up
 
 
 def _segment_sums(ptr: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -100,6 +108,8 @@ def toy_book(seed: int, n: int) -> SimpleNamespace:
     b.price = np.clip(price, b.limit_down, b.limit_up)
     b.price[0] = b.limit_down[0]  # one locked at limit-down, one at limit-up
     b.price[1] = b.limit_up[1]
+    # every ninth security has no daily limit (a new listing): never locked, whatever its price
+    b.has_limit = (np.arange(ns) % 9) != 4
     b.lot = u.BOARD_DEFAULT_LOT[b.board.astype(I64)].copy()
     b.step = u.BOARD_STEP[b.board.astype(I64)].copy()
     b.haircut = rng.integers(6, 19, ns) * 0.05
@@ -412,12 +422,61 @@ def make_available_margin_balance(seed, n):
     return (acc, *_amb_args(b), np.zeros(acc.shape[0]))
 
 
+def _free_and_amb(b, acc):
+    free = np.zeros(acc.shape[0], dtype=I64)
+    cash = b.cash[acc]
+    for i, a in enumerate(acc.tolist()):
+        lo, hi = b.pos_ptr[a], b.pos_ptr[a + 1]
+        short = (b.pos_kind[lo:hi] == u.SHORT) & (b.pos_qty[lo:hi] > 0)
+        free[i] = max(0, int(cash[i]) - int(b.pos_cost[lo:hi][short].sum()))
+    amb = np.zeros(acc.shape[0], dtype=F64)
+    for i, a in enumerate(acc.tolist()):
+        amb[i] = _amb_py(b, a)
+    return free, amb
+
+
+def _amb_py(b, a):
+    """AMB of one toy account (float, like the kernel), for the withdrawable samples."""
+    amb = float(b.cash[a] + b.other_collateral[a] - b.accrued[a] - b.other_debt[a])
+    for j in range(b.pos_ptr[a], b.pos_ptr[a + 1]):
+        s, k = b.pos_sec[j], b.pos_kind[j]
+        mv, c = float(b.pos_qty[j] * b.price[s]), float(b.pos_cost[j])
+        if k == u.COLLATERAL:
+            amb += mv * b.haircut[s]
+        elif k == u.FINANCED:
+            g = mv - c
+            amb += g * b.haircut[s] if g > 0 else g
+            amb -= c * b.pos_margin_ratio[j]
+        else:
+            g = c - mv
+            amb += g * b.haircut[s] if g > 0 else g
+            amb -= c + mv * b.pos_margin_ratio[j]
+    return amb
+
+
+def make_free_cash(seed, n):
+    b = toy_book(seed, n)
+    acc = _accounts(b, seed, 0.7)
+    return (acc, b.cash, b.pos_ptr, b.pos_kind, b.pos_qty, b.pos_cost,
+            np.zeros(acc.shape[0], dtype=I64))
+
+
 def make_withdrawable_one(seed, n):
     b = toy_book(seed, n)
     rich = np.flatnonzero(b.tier >= u.WITHDRAWABLE)  # odd seeds: an account with cash to spare
     a = int(_rng(seed, 13).choice(rich)) if seed % 2 and rich.shape[0] else _one(b, seed)
-    return (I64(b.cash[a]), I64(b.assets[a]), I64(b.liabilities[a]),
+    free, amb = _free_and_amb(b, np.array([a], dtype=I64))
+    return (I64(free[0]), F64(amb[0]), I64(b.assets[a]), I64(b.liabilities[a]),
             I64(_row(b, a)[u.LINE_WITHDRAWABLE]))
+
+
+def make_withdrawable(seed, n):
+    b = toy_book(seed, n)
+    acc = np.arange(b.n_accounts, dtype=I64)
+    free, amb = _free_and_amb(b, acc)
+    wbp = np.ascontiguousarray(b.profile_lines[b.profile_of, u.LINE_WITHDRAWABLE], dtype=I64)
+    return (free, amb, b.assets.copy(), b.liabilities.copy(), wbp,
+            np.zeros(acc.shape[0], dtype=I64))
 
 
 # ------------------------------------------------------------------------------ stress
@@ -716,8 +775,8 @@ def make_plan_order(seed, n):
 
 
 def _blocked(b):
-    sell = b.suspended | (b.price <= b.limit_down)
-    buy = b.suspended | (b.price >= b.limit_up)
+    sell = b.suspended | (b.has_limit & (b.price <= b.limit_down))
+    buy = b.suspended | (b.has_limit & (b.price >= b.limit_up))
     return sell, buy
 
 
@@ -735,5 +794,41 @@ def make_plan_account(seed, n):
 def make_blocked_flags(seed, n):
     b = toy_book(seed, n)
     ns = b.n_securities
-    return (b.price, b.limit_down, b.limit_up, b.suspended, np.zeros(ns, dtype=np.bool_),
-            np.zeros(ns, dtype=np.bool_))
+    return (b.price, b.limit_down, b.limit_up, b.has_limit, b.suspended,
+            np.zeros(ns, dtype=np.bool_), np.zeros(ns, dtype=np.bool_))
+
+
+# ------------------------------------------------------------------------------ bands
+
+
+def _band_sample(seed, n):
+    """Bands of the toy securities on SAMPLE_DAY, a tenth of them funds (0.001 tick), some
+    without a limit and some with an explicit band."""
+    b = toy_book(seed, n)
+    ns = b.n_securities
+    rng = _rng(seed, 21)
+    typ = (rng.random(ns) < 0.1).astype(I8)
+    over = np.where(rng.random(ns) < 0.1, bands.NO_LIMIT,
+                    np.where(rng.random(ns) < 0.1, rng.integers(1, 10_000, ns),
+                             bands.DERIVE)).astype(I64)
+    band = bands.band_bps(SAMPLE_DAY, b.board, rng.random(ns) < 0.2, typ,
+                          np.zeros(ns, dtype=bool), over, np.zeros(ns, dtype=I64))
+    prev = b.prev_close + np.where(typ == bands.TYPE_FUND, rng.integers(0, 10, ns), 0)
+    return b, np.ascontiguousarray(prev, dtype=I64), band, np.ascontiguousarray(
+        bands.TICK[typ.astype(I64)])
+
+
+def make_limit_prices(seed, n):
+    b, prev, band, tick = _band_sample(seed, n)
+    ns = prev.shape[0]
+    return (prev, band, tick, np.zeros(ns, dtype=I64), np.zeros(ns, dtype=I64))
+
+
+def make_stress_prices(seed, n):
+    b, prev, band, tick = _band_sample(seed, n)
+    ns = prev.shape[0]
+    down, up = np.zeros(ns, dtype=I64), np.zeros(ns, dtype=I64)
+    bands.limit_prices(prev, band, tick, down, up)
+    price = np.clip(b.price, down, up)
+    return (price, band, down, up, tick, I64((seed % 4) * 1_500), np.zeros(ns, dtype=I64),
+            np.zeros(ns, dtype=I64))

@@ -83,7 +83,7 @@ SHORT = 2
 KIND_NAMES = ("collateral", "financed", "short")
 KIND_CODES = {name: code for code, name in enumerate(KIND_NAMES)}
 
-# Boards: daily price limit (bp of prev_close) and default lot.
+# Boards and their default lot (the daily price limits by board and date: kernels/bands.py).
 BOARD_MAIN = 0
 BOARD_CHINEXT = 1
 BOARD_STAR = 2
@@ -91,11 +91,10 @@ BOARD_BSE = 3
 BOARD_ST = 4
 BOARD_NAMES = ("main", "chinext", "star", "bse", "st")
 BOARD_CODES = {name: code for code, name in enumerate(BOARD_NAMES)}
-BOARD_LIMIT_BP = np.array([1000, 2000, 2000, 3000, 500], dtype=np.int64)
 BOARD_DEFAULT_LOT = np.array([100, 100, 200, 100, 100], dtype=np.int64)
 # STAR: at least `lot` (200) shares per order, then any whole share above it.
 BOARD_STEP = np.array([100, 100, 1, 1, 100], dtype=np.int64)
-# Limit prices are rounded to the exchange's 0.01 tick.
+# The price tick of stocks (0.01; funds trade in 0.001: kernels/bands.py).
 LIMIT_TICK = MONEY_SCALE // 100
 
 # Liquidation status.

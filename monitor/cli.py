@@ -28,7 +28,18 @@ def _evaluate(args) -> int:
     except BookError as e:
         print(f"margin-monitor evaluate: {e}", file=sys.stderr)
         return EXIT_INVALID
-    state = MarginState(book, costs=PlanCosts(sell=args.sell_cost, buy=args.buy_cost))
+    from datetime import date
+
+    try:
+        day = date.fromisoformat(args.date) if args.date else None
+        shock = round(float(args.no_limit_shock) * u.RATIO_SCALE)
+        if not 0 <= shock < u.RATIO_SCALE:
+            raise ValueError("--no-limit-shock must be in [0, 1)")
+    except ValueError as e:
+        print(f"margin-monitor evaluate: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    state = MarginState(book, costs=PlanCosts(sell=args.sell_cost, buy=args.buy_cost),
+                        band_day=day, unlimited_shock_bp=shock)
     out = sys.stdout.buffer
     chunk = 20_000
     for lo in range(0, book.n_accounts, chunk):
@@ -243,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sell-side cost rate used by --plan (fraction, e.g. 0.001)")
     ev.add_argument("--buy-cost", type=float, default=0.0,
                     help="buy-side cost rate used by --plan when covering shorts")
+    ev.add_argument("--date", default=None,
+                    help="trading date (YYYY-MM-DD) whose daily price limits apply "
+                         "(default: today, China time; docs/book-and-evaluate.md)")
+    ev.add_argument("--no-limit-shock", default="0.30",
+                    help="--stress move of a security without a daily limit (fraction, "
+                         "default 0.30)")
     ev.set_defaults(func=_evaluate)
 
     mb = sub.add_parser("make-book", help="write a seeded synthetic book (Parquet tables)")

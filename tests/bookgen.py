@@ -78,8 +78,9 @@ def _securities(rng: random.Random, n: int) -> list[dict]:
             prev = q3(D(rng.randint(500, 9000)) * LI)
         else:
             prev = q2(D(rng.randint(100, 20000)) * CENT)
-        down = ref.limit_price(prev, board, up=False)
-        up = ref.limit_price(prev, board, up=True)
+        band = ref.band_of({"symbol": symbol, "board": board}, ref.china_today())
+        down = ref.limit_price(prev, band, up=False)
+        up = ref.limit_price(prev, band, up=True)
         roll = rng.random()
         if roll < 0.08:
             price = down

@@ -210,6 +210,14 @@ class CreditRef:
             out.append(("INSUFFICIENT_CASH", ref.fen(V + fee)))
         if kind == "cash_withdrawal" and m["cash"] < ref.dec(act["amount"]):
             out.append(("INSUFFICIENT_CASH", ref.fen(ref.dec(act["amount"]))))
+        if kind == "cash_withdrawal":  # §3: out of free cash, within AMB (with debt)
+            amount = ref.dec(act["amount"])
+            free = ref.free_cash(m["cash"], [p.cost for p in m["positions"]
+                                             if p.is_short and p.qty > 0])
+            if free < amount <= m["cash"]:
+                out.append(("SHORT_PROCEEDS", ref.fen(amount)))
+            if L > 0 and ref.available_margin_balance(m, m["price"]) < amount:
+                out.append(("INSUFFICIENT_MARGIN", ref.fen(amount)))
         margin = None
         if kind in ("financed_buy", "short_sale"):
             tier = ref.tier(A, L, lines)

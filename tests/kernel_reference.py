@@ -20,6 +20,7 @@ import numpy as np
 import reference as ref
 from credit_reference import CreditRef
 
+from kernels import bands
 from kernels import units as u
 from monitor.perf import baselines as base
 
@@ -277,9 +278,27 @@ def available_margin_balance(accounts, cash, accrued, other_debt, other_collater
                                               pos_margin_ratio, price, haircut)
 
 
-def withdrawable_one(cash, A, L, withdrawable_bp):
-    w = ref.withdrawable(D(int(cash)), D(int(A)), D(int(L)), D(int(withdrawable_bp)) / S)
+def free_cash(accounts, cash, pos_ptr, pos_kind, pos_qty, pos_cost, out):
+    for i, a in enumerate(accounts):
+        shorts = [D(int(pos_cost[j])) for j in range(pos_ptr[a], pos_ptr[a + 1])
+                  if pos_kind[j] == u.SHORT and pos_qty[j] > 0]
+        out[i] = int(ref.free_cash(D(int(cash[a])), shorts))
+
+
+def _amb_on_grid(amb) -> D:
+    """The kernel's float AMB as the exact value it stands for: the nearest money·bp."""
+    return (D(float(amb)) * S).quantize(D(1), rounding="ROUND_HALF_UP") / S
+
+
+def withdrawable_one(free, amb, A, L, withdrawable_bp):
+    w = ref.withdrawable(D(int(free)), _amb_on_grid(amb), D(int(A)), D(int(L)),
+                         D(int(withdrawable_bp)) / S)
     return int(w.to_integral_value(rounding="ROUND_FLOOR"))
+
+
+def withdrawable(free, amb, A, L, withdrawable_bp, out):
+    for i in range(out.shape[0]):
+        out[i] = withdrawable_one(free[i], amb[i], A[i], L[i], withdrawable_bp[i])
 
 
 # ------------------------------------------------------------------------------ stress
@@ -756,10 +775,44 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
     return len(rows), int(A2 * 1000), int(L2 * 1000)
 
 
-def blocked_flags(price, limit_down, limit_up, suspended, sell_blocked, buy_blocked):
+def blocked_flags(price, limit_down, limit_up, has_limit, suspended, sell_blocked, buy_blocked):
     """reference.Security.sell_blocked / buy_blocked per security."""
     for s in range(price.shape[0]):
-        sec = SimpleNamespace(suspended=bool(suspended[s]), limit_down=int(limit_down[s]),
-                              limit_up=int(limit_up[s]))
+        lim = bool(has_limit[s])
+        sec = SimpleNamespace(suspended=bool(suspended[s]),
+                              limit_down=int(limit_down[s]) if lim else None,
+                              limit_up=int(limit_up[s]) if lim else None)
         sell_blocked[s] = ref.Security.sell_blocked(sec, int(price[s]))
         buy_blocked[s] = ref.Security.buy_blocked(sec, int(price[s]))
+
+
+# ------------------------------------------------------------------------------ bands
+
+
+def _li(x: D) -> int:
+    return int(x * 1000)
+
+
+def limit_prices(prev_close, band_bp, tick, down, up):
+    """reference.limit_price (Decimal, half up to the tick); without a limit the guard band
+    [tick, NO_LIMIT_CEILING × prev_close]."""
+    for s in range(prev_close.shape[0]):
+        pc, t = D(int(prev_close[s])) / 1000, D(int(tick[s])) / 1000
+        if band_bp[s] < 0:
+            down[s] = int(tick[s])
+            up[s] = max(int(prev_close[s]) * bands.NO_LIMIT_CEILING, int(tick[s]))
+            continue
+        band = D(int(band_bp[s])) / S
+        down[s] = max(_li(ref.limit_price(pc, band, False, t)), 0)
+        up[s] = _li(ref.limit_price(pc, band, True, t))
+
+
+def stress_prices(price, band_bp, limit_down, limit_up, tick, shock_bp, down, up):
+    """reference.Security.stress_prices, with the kernel's shock."""
+    for s in range(price.shape[0]):
+        if band_bp[s] >= 0:
+            down[s], up[s] = int(limit_down[s]), int(limit_up[s])
+            continue
+        sec = SimpleNamespace(band=None, tick=D(int(tick[s])) / 1000)
+        d, u_ = ref.Security.stress_prices(sec, D(int(price[s])) / 1000, D(int(shock_bp)) / S)
+        down[s], up[s] = _li(d), _li(u_)

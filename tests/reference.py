@@ -14,14 +14,18 @@ Conventions (each one is the spec's, or says where it is a reading of it):
       overridden by the same-named fields on the account.
 - §3  AMB exactly as the formula; other_collateral counts like cash and other_debt like I
       (the spec leaves both out of the formula; this is the reading the kernels take).
-      Withdrawable = max(0, min(C, A − w·L)); everything (all cash) when L = 0.
+      Free cash C_free = max(0, C − Σ short_sell_amount of open shorts) (§1); withdrawable =
+      max(0, min(C_free, AMB, A − w·L)) with debt; all free cash when L = 0.
 - §4  status / x* = (T·L − A)/(T − 1) / shortfall L − A / cure T·L − A and L − A/T.
       The plan simulator implements the default policy of kernels/liquidation.py on §1's cash,
       not on §4's "A and L move by the same x": a sale adds its proceeds (less the fee) to cash,
       and what of them is positive cash repays I, then F; a cover is paid from cash, which may
       go negative (then it is debt). Optional sell / buy cost rates (fees rounded up to the li).
-- §5  limit price = prev_close·(1 ± limit) rounded half-up to 0.01; stress moves every long to
-      limit-down and every short to limit-up; distance to line b = 1 − (b·L − base_A)/long_MV,
+- §5  the band by trading date (board, risk warning, listing age in XSHG trading days, fund,
+      explicit `limit_pct`; `band_of`); limit price = prev_close·(1 ± band) rounded half-up to
+      0.01 (funds 0.001); none without a limit (never locked). Stress moves every long to
+      limit-down and every short to limit-up, one without a limit by NO_LIMIT_SHOCK;
+      distance to line b = 1 − (b·L − base_A)/long_MV,
       None when L = 0, when long_MV = 0, when already below b, or when it is >= 1 (no fall
       can breach). base_A = max(C, 0) + other_collateral.
 
@@ -113,14 +117,71 @@ def board_of(sec: dict) -> str:
     return "main"
 
 
-def limit_price(prev_close: Decimal, board: str, up: bool) -> Decimal:
-    move = LIMIT[board]
+def limit_price(prev_close: Decimal, board: str | Decimal, up: bool,
+                tick: Decimal = TICK) -> Decimal:
+    """prev_close·(1 ± band) half up to the tick; `board` a board name (its ordinary band as
+    in LIMIT) or the band itself."""
+    move = LIMIT[board] if isinstance(board, str) else board
     raw = prev_close * (ONE + move if up else ONE - move)
-    return raw.quantize(TICK, rounding=ROUND_HALF_UP)
+    return raw.quantize(tick, rounding=ROUND_HALF_UP)
+
+
+# §5 by trading date, written out from the spec's table (not from kernels/bands.py)
+ST_TEN_SINCE = date(2026, 7, 6)  # main-board ST / *ST: ±5% before, ±10% since
+NEW_LISTING_SINCE = date(2023, 4, 10)  # main / ChiNext / STAR: no limit for 5 trading days
+FUND_TICK = LI
+NO_LIMIT_SHOCK = D("0.30")  # the stress's move of a security without a limit (the default)
+_DAYS: list = []
+
+
+def trading_days() -> set:
+    """XSHG's trading days (exchange_calendars, no closures), built once."""
+    if not _DAYS:
+        _DAYS.append(xshg_days()[0])
+    return _DAYS[0]
+
+
+def china_today() -> date:
+    return datetime.now(CHINA_TZ).date()
+
+
+def listing_age(listing: date, day: date, days: set) -> int:
+    """The trading day `day` is since `listing` (the listing day is 1; before it: 1)."""
+    n, d = 0, listing
+    while d <= day:
+        n += d in days
+        d += timedelta(days=1)
+    return max(n, 1)
+
+
+def band_of(sec: dict, day: date) -> Decimal | None:
+    """The daily limit of a book security on trading `day`; None: no limit."""
+    if "limit_pct" in sec and sec["limit_pct"] is None:
+        return None
+    lp = sec.get("limit_pct")
+    if lp is not None and str(lp).strip():
+        return None if str(lp).strip().lower() == "none" else dec(lp)
+    if str(sec.get("type") or "stock").lower() in ("fund", "etf", "lof"):
+        return D("0.20") if str(sec["symbol"]).startswith("588") else D("0.10")
+    board = board_of(sec)
+    warned = board == "st" or bool(sec.get("risk_warning"))
+    if board == "st":
+        board = "main"
+    if sec.get("listing_date"):
+        listing = date.fromisoformat(str(sec["listing_date"])[:10])
+        if (day - listing).days < 60:  # far older: past every first-days rule
+            age = listing_age(listing, day, trading_days())
+            if board == "bse" and age <= 1:
+                return None
+            if board != "bse" and day >= NEW_LISTING_SINCE and age <= 5:
+                return None
+    if warned and board == "main":
+        return D("0.10") if day >= ST_TEN_SINCE else D("0.05")
+    return LIMIT[board]
 
 
 class Security:
-    def __init__(self, d: dict):
+    def __init__(self, d: dict, day: date | None = None):
         self.symbol = d["symbol"]
         self.price = dec(d["price"])
         self.prev_close = dec(d["prev_close"]) if d.get("prev_close") is not None else self.price
@@ -129,24 +190,45 @@ class Security:
         self.lot = int(d["lot"]) if d.get("lot") is not None else DEFAULT_LOT[self.board]
         self.step = 1 if self.board in ONE_SHARE_STEPS else self.lot
         self.suspended = bool(d.get("suspended", False))
-        self.limit_down = limit_price(self.prev_close, self.board, up=False)
-        self.limit_up = limit_price(self.prev_close, self.board, up=True)
+        self.day = day or china_today()
+        self.fund = str(d.get("type") or "stock").lower() in ("fund", "etf", "lof")
+        self.tick = FUND_TICK if self.fund else TICK
+        self.band = band_of(d, self.day)
+        if self.band is None:  # no limit: never locked
+            self.limit_down = self.limit_up = None
+        else:
+            self.limit_down = limit_price(self.prev_close, self.band, False, self.tick)
+            self.limit_up = limit_price(self.prev_close, self.band, True, self.tick)
+
+    def stress_prices(self, price: Decimal,
+                      shock: Decimal | None = None) -> tuple[Decimal, Decimal]:
+        """§5 one-day stress: (long side, short side) - the limit prices, or without a limit
+        the price moved by `shock` (default NO_LIMIT_SHOCK) either way (half up to the tick,
+        at least a tick)."""
+        if self.band is not None:
+            return self.limit_down, self.limit_up
+        k = NO_LIMIT_SHOCK if shock is None else shock
+        down = (price * (ONE - k)).quantize(self.tick, rounding=ROUND_HALF_UP)
+        up = (price * (ONE + k)).quantize(self.tick, rounding=ROUND_HALF_UP)
+        return max(down, self.tick), up
 
     def sell_blocked(self, price: Decimal) -> bool:
         """A long cannot be sold: suspended, or locked at (or below) limit-down."""
-        return self.suspended or price <= self.limit_down
+        return self.suspended or (self.limit_down is not None and price <= self.limit_down)
 
     def buy_blocked(self, price: Decimal) -> bool:
         """A short cannot be bought back: suspended, or locked at (or above) limit-up."""
-        return self.suspended or price >= self.limit_up
+        return self.suspended or (self.limit_up is not None and price >= self.limit_up)
 
 
 class RefBook:
     """The book dict, indexed for the reference: securities by symbol, profiles by name."""
 
-    def __init__(self, doc: dict):
+    def __init__(self, doc: dict, day: date | None = None):
+        """`day`: the trading date of the price bands (§5; default today, China time)."""
         self.doc = doc
-        self.securities = {s["symbol"]: Security(s) for s in doc["securities"]}
+        self.day = day or china_today()
+        self.securities = {s["symbol"]: Security(s, self.day) for s in doc["securities"]}
         self.profiles = {"default": dict(DEFAULT_LINES)}
         self.call_terms = {"default": dict(DEFAULT_CALL_TERMS)}  # §6, per profile
         for name, lines in (doc.get("profiles") or {}).items():
@@ -271,8 +353,16 @@ def available_margin_balance(m: dict, price: dict) -> Decimal:
     return amb
 
 
-def withdrawable(cash: Decimal, a: Decimal, l: Decimal, line: Decimal) -> Decimal:
-    return max(ZERO, min(cash, a - line * l))
+def free_cash(cash: Decimal, short_sell_amounts) -> Decimal:
+    """§1: C_free = max(0, C − Σ short_sell_amount of open shorts)."""
+    return max(ZERO, cash - sum(short_sell_amounts, ZERO))
+
+
+def withdrawable(free: Decimal, amb: Decimal, a: Decimal, l: Decimal, line: Decimal) -> Decimal:
+    """§3: max(0, min(C_free, AMB, A − w·L)) with debt; all free cash when L = 0."""
+    if l == 0:
+        return max(ZERO, free)
+    return max(ZERO, min(free, amb, a - line * l))
 
 
 def liquidation_status(a: Decimal, l: Decimal, target: Decimal) -> str:
@@ -326,10 +416,11 @@ def evaluate_account(book: RefBook, acct: dict, prices: dict | None = None, *,
     # §5 stress: every long at limit-down, every short at limit-up
     stress_long = stress_short = ZERO
     for p in m["positions"]:
+        down, up = p.sec.stress_prices(price[p.symbol])
         if p.is_short:
-            stress_short += p.qty * p.sec.limit_up
+            stress_short += p.qty * up
         else:
-            stress_long += p.qty * p.sec.limit_down
+            stress_long += p.qty * down
     sa = m["base_assets"] + stress_long
     sl = m["base_liabilities"] + stress_short
     dist = {
@@ -357,7 +448,11 @@ def evaluate_account(book: RefBook, acct: dict, prices: dict | None = None, *,
         "tier": tier(a, l, lines),
         "lines": lines,
         "available_margin_balance": available_margin_balance(m, price),
-        "withdrawable": withdrawable(m["cash"], a, l, lines["withdrawable"]),
+        "free_cash": free_cash(m["cash"], [p.cost for p in m["positions"]
+                                           if p.is_short and p.qty > 0]),
+        "withdrawable": withdrawable(
+            free_cash(m["cash"], [p.cost for p in m["positions"] if p.is_short and p.qty > 0]),
+            available_margin_balance(m, price), a, l, lines["withdrawable"]),
         "liquidation_status": status,
         "liquidation_value": liquidation_value(a, l, target),
         "shortfall": l - a if status == UNREACHABLE else ZERO,

@@ -20,6 +20,7 @@ hysteresis = "0.005"             # 0.5 percentage points
 sweep_share = 0.08
 reach = "off"                    # off | auto | always: see docs/capacity.md
 call_days = 2                    # T+N of profiles without call_days
+no_limit_shock = "0.30"          # stress move of a security without a daily limit (§5)
 closures = ["2027-01-01"]        # weekday closures beyond exchange_calendars' XSHG (or extra
 closures_file = "calendar/closures.txt"  # ones); re-read when it changes: docs/running.md
 calendar_through = "2027-12-31"  # optional: the last day the closures cover
@@ -83,6 +84,7 @@ class RunConfig:
     sweep_share: float = 0.08
     reach: str = "off"  # reach mode of the engine: off | auto | always (docs/capacity.md)
     call_days: int = 2
+    no_limit_shock: str = "0.30"  # the stress's move of a security without a daily limit
     holidays: list[str] = field(default_factory=list)  # the older name of `closures`
     closures: list[str] = field(default_factory=list)  # weekday closures (ISO dates)
     closures_file: str | None = None  # one ISO date a line (monitor/app/closures.py)
@@ -168,6 +170,17 @@ class RunConfig:
             raise ConfigError(f"hysteresis: expected a ratio from 0 to "
                               f"{MAX_HYSTERESIS_BP / 10_000:.2f} in whole basis points, got "
                               f"{self.hysteresis!r}")
+        return int(bp)
+
+    @property
+    def no_limit_shock_bp(self) -> int:
+        try:
+            bp = Decimal(str(self.no_limit_shock)) * 10_000
+        except ArithmeticError:
+            bp = Decimal(-1)
+        if not bp.is_finite() or not 0 <= bp < 10_000 or bp != int(bp):
+            raise ConfigError(f"no_limit_shock: expected a fraction in [0, 1) in whole basis "
+                              f"points, got {self.no_limit_shock!r}")
         return int(bp)
 
     @property

@@ -71,7 +71,7 @@ class Monitor:
         self.outbox_factory = outbox_factory
         self.book = book
         self.metrics = Metrics()
-        self.state = MarginState(book, live=True)
+        self.state = MarginState(book, live=True, unlimited_shock_bp=cfg.no_limit_shock_bp)
         # a tape (replay, synthetic) runs on its own time only; a live feed's silence lets the
         # receive time move the engine's clock on (the heartbeat)
         self.tape = cfg.feed.startswith(("replay:", "synthetic"))
@@ -84,7 +84,8 @@ class Monitor:
             shard=cfg.shard_spec.index if cfg.shard_spec is not None else None),
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
-        self.universe = universe_of(book)
+        # the tick guard's bands follow each tick's trading date (kernels/bands.py)
+        self.universe = universe_of(book, self.state.bands_for, self.state.bands.day)
         if not cfg.feed:
             raise ConfigError("no feed: give --feed SPEC or `feed` in the config file "
                               "(synthetic[:scenario] for simulated prices, replay:PATH, ws://…, "

@@ -8,6 +8,8 @@ whole: `BookError` lists every problem (where, field, what is wrong); nothing is
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from feeds.universe import board_of_symbol
+from kernels import bands as kb
 from kernels import units as u
 from monitor.book.call_terms import read_call_terms  # cure_line, call_basis, ... (§6)
 from monitor.book.columns import (
@@ -79,7 +82,7 @@ def _as_text(v):
 
 
 MONEY_FIELDS = {
-    "securities": ("price", "prev_close", "haircut", "market_financing"),
+    "securities": ("price", "prev_close", "haircut", "market_financing", "limit_pct"),
     "accounts": ("cash", "accrued_interest_fees", "other_debt", "other_collateral",
                  "withdrawable", "normal", "warning", "margin_call", "target",
                  "financing_line", "short_line"),
@@ -112,6 +115,8 @@ def _tables_from_doc(doc, source):
             for f in MONEY_FIELDS[table]:
                 if f in r:
                     r[f] = _as_text(r[f])
+            if table == "securities" and "limit_pct" in r and r["limit_pct"] is None:
+                r["limit_pct"] = "none"  # an explicit null: no daily limit (interfaces.md)
             out.append(r)
         return out
 
@@ -203,7 +208,8 @@ def _read_folder(path: Path):
 
 def _csv_text_columns(key):
     # read money as text so "10.20" stays exact; ids as text so "000001.SZ" keeps its zeros
-    ids = {"securities": ("symbol", "board", "group"), "accounts": ("account_id", "profile"),
+    ids = {"securities": ("symbol", "board", "group", "type", "listing_date"),
+           "accounts": ("account_id", "profile"),
            "positions": ("account_id", "symbol", "kind"), "profiles": ("name",)}[key]
     return ids + MONEY_FIELDS[key]
 
@@ -269,7 +275,60 @@ def _securities(chk, t, name):
     suspended = bools(chk, t, "suspended", n, where)
     return {"symbols": [str(s) for s in symbols], "index": index, "price": price,
             "prev_close": prev, "haircut": hc / u.RATIO_SCALE, "board": board,
-            "lot": lot.astype(np.int64), "suspended": suspended}
+            "lot": lot.astype(np.int64), "suspended": suspended,
+            **_band_fields(chk, t, n, where, board)}
+
+
+def _band_fields(chk, t, n, where, board) -> dict:
+    """The optional price-band fields of securities (interfaces.md; margin-rules.md §5):
+    `risk_warning`, `listing_date`, `type`, `limit_pct`. None for a field the book lacks."""
+    out: dict = {"risk_warning": None, "listing_day": None, "sec_type": None,
+                 "limit_override": None}
+    if column(t, "risk_warning") is not None:
+        out["risk_warning"] = bools(chk, t, "risk_warning", n, where) | (board == u.BOARD_ST)
+    if column(t, "listing_date") is not None:
+        days = np.zeros(n, dtype=np.int64)
+        for i, v in enumerate(strings(t, "listing_date", n)):
+            if v is None or not str(v).strip():
+                continue
+            try:
+                days[i] = date.fromisoformat(str(v).strip()[:10]).toordinal()
+            except ValueError:
+                chk.add(where(i), "listing_date", f"{str(v)[:40]!r} is not an ISO date")
+        out["listing_day"] = days
+    if column(t, "type") is not None:
+        typ = np.zeros(n, dtype=np.int8)
+        for i, v in enumerate(strings(t, "type", n)):
+            if v is None:
+                continue
+            code = kb.TYPE_CODES.get(str(v).strip().lower())
+            if code is None:
+                chk.add(where(i), "type", f"{str(v)[:40]!r} is not one of "
+                        f"{', '.join(kb.TYPE_CODES)}")
+            else:
+                typ[i] = code
+        out["sec_type"] = typ
+    if column(t, "limit_pct") is not None:
+        over = np.full(n, kb.DERIVE, dtype=np.int64)
+        for i, v in enumerate(strings(t, "limit_pct", n)):
+            if v is None or not str(v).strip():
+                continue
+            text = str(v).strip()
+            if text.lower() == "none":
+                over[i] = kb.NO_LIMIT
+                continue
+            try:
+                d = Decimal(text)
+                ok = d.is_finite() and 0 < d <= 1 and d == d.quantize(Decimal("0.0001"))
+            except InvalidOperation:
+                ok = False
+            if ok:
+                over[i] = int(d * u.RATIO_SCALE)
+            else:
+                chk.add(where(i), "limit_pct", f"{text[:40]!r} is not a band in (0, 1] with "
+                        "at most 4 decimals, nor null / \"none\" (no limit)")
+        out["limit_override"] = over
+    return out
 
 
 def _profiles(chk, t, name):
@@ -460,6 +519,8 @@ def _assemble(secs, profiles, accts, pos):
         symbols=secs["symbols"], price=secs["price"], prev_close=secs["prev_close"],
         haircut=secs["haircut"].astype(np.float64), board=secs["board"], lot=secs["lot"],
         suspended=secs["suspended"], symbol_index=secs["index"],
+        risk_warning=secs["risk_warning"], listing_day=secs["listing_day"],
+        sec_type=secs["sec_type"], limit_override=secs["limit_override"],
         profile_names=profiles["names"],
         profile_lines=np.array(profiles["lines"], dtype=np.int64).reshape(-1, u.N_LINES),
         account_ids=accts["ids"], account_index=accts["index"], cash=accts["cash"],
@@ -474,7 +535,7 @@ def _assemble(secs, profiles, accts, pos):
 def _check_headroom(chk, book: Book):
     """Reject accounts so large that exact tier arithmetic could overflow (see units)."""
     acct = np.repeat(np.arange(book.n_accounts), np.diff(book.pos_ptr))
-    up = np.maximum(book.price, book.limit_prices()[1])
+    up = np.maximum(book.price, book.price_ceiling())
     mv = book.pos_qty.astype(np.float64) * up[book.pos_sec].astype(np.float64)
     total = np.bincount(acct, weights=mv + book.pos_cost.astype(np.float64),
                         minlength=book.n_accounts)

@@ -9,11 +9,34 @@ security) by account (CSR, for the sweep) and by security (CSC, for incremental 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 
-from feeds.universe import limit_band
+from kernels import bands as kb
 from kernels import units as u
+
+CHINA_TZ = timezone(timedelta(hours=8))
+
+
+def china_today() -> date:
+    """Today in China time: the trading date a band applies to when no clock gives one."""
+    return datetime.now(CHINA_TZ).date()
+
+
+@dataclass(slots=True)
+class Bands:
+    """The daily price limits of every security on one trading day (kernels/bands.py)."""
+
+    day: date
+    band_bp: np.ndarray  # int64 bp of prev_close, kernels.bands.NO_LIMIT: none
+    tick: np.ndarray  # int64 li: 10 (0.01) stocks, 1 (0.001) funds
+    limit_down: np.ndarray  # int64 li
+    limit_up: np.ndarray  # int64 li (a security without a limit: the guard's ceiling)
+
+    @property
+    def has_limit(self) -> np.ndarray:
+        return self.band_bp >= 0
 
 CALL_INTRADAY = 0  # a call opens on entering MARGIN_CALL (margin-rules.md §6)
 CALL_CLOSE = 1  # a call is judged on the ratio at the close of day T
@@ -78,6 +101,12 @@ class Book:
     credit: object | None = None
     # margin-call terms per profile (monitor/book/call_terms.py); None: the defaults for all
     call_terms: CallTerms | None = None
+    # price-band inputs per security (margin-rules.md §5, kernels/bands.py); None: the default
+    # (no risk warning, no listing date known, stock, the table's band)
+    risk_warning: np.ndarray | None = None  # bool (board `st` implies it)
+    listing_day: np.ndarray | None = None  # int64 date ordinal, 0: not known
+    sec_type: np.ndarray | None = None  # int8 kernels.bands.TYPE_*
+    limit_override: np.ndarray | None = None  # int64 bp, NO_LIMIT, or DERIVE (the table)
 
     def __post_init__(self):
         if not self.symbol_index:
@@ -132,9 +161,57 @@ class Book:
             self.call_terms = CallTerms.default(len(self.profile_names))
         return self.call_terms
 
-    def limit_prices(self) -> tuple[np.ndarray, np.ndarray]:
-        """Limit-down and limit-up prices per security (board limit on prev_close, 0.01 tick)."""
-        return limit_band(self.prev_close, self.board)
+    def band_inputs(self) -> tuple[np.ndarray, ...]:
+        """(risk_warning, sec_type, star/ChiNext fund flag, override, listing day) per security,
+        the defaults where the book gave none."""
+        n = self.n_securities
+        rw = (np.zeros(n, dtype=bool) if self.risk_warning is None else self.risk_warning)
+        rw = rw | (self.board == u.BOARD_ST)
+        typ = np.zeros(n, dtype=np.int8) if self.sec_type is None else self.sec_type
+        cs = np.array([kb.star_chinext_fund(s) for s in self.symbols], dtype=bool) \
+            if (typ == kb.TYPE_FUND).any() else np.zeros(n, dtype=bool)
+        over = (np.full(n, kb.DERIVE, dtype=np.int64) if self.limit_override is None
+                else self.limit_override)
+        ld = np.zeros(n, dtype=np.int64) if self.listing_day is None else self.listing_day
+        return rw, typ, cs, over, ld
+
+    def bands(self, day: date | None = None, sessions: np.ndarray | None = None) -> Bands:
+        """The bands of trading `day` (default: today, China time). `sessions` are the
+        trading-day ordinals listing ages count on (the monitor's calendar); without them a
+        listing of the last NEW_LISTING_HORIZON_DAYS counts as new (no limit)."""
+        day = day or china_today()
+        rw, typ, cs, over, ld = self.band_inputs()
+        age = kb.listing_ages(ld, day.toordinal(), sessions)
+        band = kb.band_bps(day, self.board, rw, typ, cs, over, age)
+        tick = np.ascontiguousarray(kb.TICK[typ.astype(np.int64)])
+        down = np.empty(self.n_securities, dtype=np.int64)
+        up = np.empty(self.n_securities, dtype=np.int64)
+        kb.limit_prices(np.ascontiguousarray(self.prev_close, dtype=np.int64), band, tick,
+                        down, up)
+        return Bands(day, band, tick, down, up)
+
+    def limit_prices(self, day: date | None = None,
+                     sessions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Limit-down and limit-up prices per security on trading `day` (see `bands`)."""
+        b = self.bands(day, sessions)
+        return b.limit_down, b.limit_up
+
+    def price_ceiling(self) -> np.ndarray:
+        """The highest price the tick guard can accept for each security on any trading day
+        (the widest band the table gives it): what the money bounds of units.py assume."""
+        rw, typ, cs, over, ld = self.band_inputs()
+        new = np.where(ld > 0, 1, 0).astype(np.int64)  # one that has a listing day was new once
+        top = np.zeros(self.n_securities, dtype=np.int64)
+        tick = np.ascontiguousarray(kb.TICK[typ.astype(np.int64)])
+        down = np.empty(self.n_securities, dtype=np.int64)
+        up = np.empty(self.n_securities, dtype=np.int64)
+        pc = np.ascontiguousarray(self.prev_close, dtype=np.int64)
+        for day in sorted({r.since for r in kb.BAND_RULES} | {date.max}):
+            for age in (new, np.zeros_like(new)):
+                kb.limit_prices(pc, kb.band_bps(day, self.board, rw, typ, cs, over, age), tick,
+                                down, up)
+                top = np.maximum(top, up)
+        return top
 
     def base_amounts(self) -> tuple[np.ndarray, np.ndarray]:
         """Price-independent part of assets and liabilities per account.

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from feeds.universe import limit_band
+from feeds.universe import board_band_bp, limit_band
 from kernels import units as u
 
 __all__ = ["generate", "write_book", "generate_json_book", "SCHEMAS", "PROFILES", "TABLES"]
@@ -330,7 +330,7 @@ def _securities(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     raw = np.clip(raw, _PRICE_MIN, _PRICE_MAX)
     prev_close = np.round(raw * 100).astype(np.int64) * _FEN
     # Today's move: mostly small, a few stocks at the limits.
-    limit = u.BOARD_LIMIT_BP[board] / u.RATIO_SCALE
+    limit = board_band_bp(board) / u.RATIO_SCALE
     move = rng.normal(0.0, 0.022, n) * (limit / 0.10) ** 0.5
     at_limit = rng.random(n)
     move = np.where(at_limit < 0.015, limit, np.where(at_limit < 0.025, -limit, move))

@@ -146,9 +146,10 @@ class AccountEvents:
         # accounts a book-wide accrual left out (they would have passed the bound), with why:
         # [(account index, reason, message)], of the last event applied
         self.skipped: list[tuple[int, str, str]] = []
-        # the highest price each security can take (the tick guard refuses beyond limit_up)
+        # the highest price each security can take (the tick guard refuses beyond limit_up, on
+        # any trading day: the widest band of kernels/bands.py)
         b = state.book
-        self._up = np.maximum(b.price, b.limit_prices()[1]).astype(np.int64)
+        self._up = np.maximum(b.price, b.price_ceiling()).astype(np.int64)
 
     def seen_ids(self) -> list[str]:
         """The event ids remembered for duplicate detection, oldest first."""

@@ -149,9 +149,14 @@ class Engine:
             raise ValueError(f"clock: expected ticks or tape, got {self.config.clock!r}")
         self.lifecycle = CallLifecycle(self, self.config.calendar or default_calendar(),
                                        self.config.call_days)
+        if self.config.calendar is not None or state.calendar is None:
+            # listing ages (price bands) count this engine's trading days
+            state.calendar = self.lifecycle.calendar
+            state.set_band_day(state.bands.day, force=True)
         self.calls = self.lifecycle.calls
         # the clock (module docstring): 0 until known
         self.clock_ns = 0
+        self._band_ordinal = state.bands.day.toordinal()  # the bands' trading date
         self._ticked = False  # a tick has set the clock
         self._settle_ns = int(self.config.close_settle_s * 1e9)
         self._boundary = 0  # the next close judgement (ns); 0 unknown, NO_DEADLINE none known
@@ -254,6 +259,16 @@ class Engine:
     def _set_clock(self, t: int) -> None:
         self.clock_ns = int(t)
         self._boundary = self._next_boundary(self.clock_ns)
+        self._sync_bands()
+
+    def _sync_bands(self) -> None:
+        """The price bands follow the clock's trading date (kernels/bands.py): a rule taking
+        effect, a listing past its first days."""
+        if self.clock_ns:
+            day = china_day(self.clock_ns)
+            if day != self._band_ordinal:
+                self._band_ordinal = day
+                self.state.set_band_day(date.fromordinal(day))
 
     def _advance_to(self, t: int, now_ns: int) -> list[dict]:
         """Move the clock to `t`, judging every close passed on the way."""
@@ -267,6 +282,7 @@ class Engine:
             out.extend(self.lifecycle.at_close(china_day(b - self._settle_ns), now_ns))
             self._boundary = self._next_boundary(b + 1)
         self.clock_ns = max(self.clock_ns, int(t))
+        self._sync_bands()
         return out
 
     def _catch_up(self, now_ns: int) -> list[dict]:
@@ -311,6 +327,8 @@ class Engine:
         (CALL_DEADLINE events), and closes are judged again if the clock had run past the
         known days (the closes it passed meanwhile are not judged after the fact)."""
         t = self.now(now_ns)
+        self.state.calendar = calendar  # listing ages count the new trading days
+        self.state.set_band_day(self.state.bands.day, force=True)
         events = self.lifecycle.set_calendar(calendar, t, now_ns)
         if self.clock_ns:
             self._boundary = self._next_boundary(self.clock_ns)
@@ -398,6 +416,7 @@ class Engine:
             # earlier one (closes already judged are not judged again: the boundary stays)
             self.clock_ns = max(self.clock_ns, hi) if self._ticked else hi
             self._ticked = True
+            self._sync_bands()
             rows = holders_touched(secs, k, h.long_hptr, h.short_hptr)
             big = rows > self.config.sweep_share * max(h.n_rows, 1)
             t_path = time.perf_counter_ns()
@@ -863,7 +882,7 @@ def _check_restore(b, arrays: dict) -> None:
         raise ValueError("snapshot array 'seen_ids' is not a JSON list")
     # every account within the bounds of kernels/units.py (a snapshot of an older version
     # could hold balances that overflowed)
-    up = np.maximum(b.price, b.limit_prices()[1]).astype(np.float64)
+    up = np.maximum(b.price, b.price_ceiling()).astype(np.float64)
     acct = np.repeat(np.arange(n), np.diff(ptr))
     mv = np.abs(arrays["book_pos_qty"].astype(np.float64)) * up[arrays["book_pos_sec"]]
     total = np.bincount(acct, weights=mv + np.abs(arrays["book_pos_cost"].astype(np.float64)),

@@ -204,7 +204,8 @@ class PatternWatch:
         if cfg.thin_turnover.enabled and self.thin(s):
             out.extend(self._thin_turnover(key, ts, fill, price, now_ns))
         if cfg.limit_trades.enabled:
-            at_limit = price >= st.limit_up[s] if buy else price <= st.limit_down[s]
+            at_limit = bool(st.has_limit[s]) and (price >= st.limit_up[s] if buy
+                                                  else price <= st.limit_down[s])
             if at_limit:
                 out.extend(self._limit_trades(key, buy, ts, fill, now_ns))
         return out

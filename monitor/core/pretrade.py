@@ -23,7 +23,6 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 import orjson
 
-from feeds.universe import limit_band
 from kernels import units as u
 from kernels.ratios import tier_of
 from monitor.book.credit_terms import CreditTerms, terms_of
@@ -187,6 +186,11 @@ class _Account:
                 amb -= c * S + mv * m
         return amb
 
+    def free_cash(self) -> int:
+        """Cash less the short-sale proceeds of open shorts, at least 0 (margin-rules.md §1)."""
+        return max(0, self.cash - sum(c for _, k, q, c, _ in self.rows
+                                      if k == u.SHORT and q > 0))
+
     def row(self, s, kind) -> int:
         for i, r in enumerate(self.rows):
             if r[0] == s and r[1] == kind:
@@ -206,6 +210,15 @@ def _account(state: MarginState, a: int) -> _Account:
         b.pos_cost[lo:hi].tolist(), b.pos_margin_ratio[lo:hi].tolist(), strict=True) if q > 0]
     return _Account(int(b.cash[a]), int(b.other_collateral[a]), int(b.accrued[a]),
                     int(b.other_debt[a]), rows)
+
+
+def withdrawable_amount(free: int, amb4: int, A: int, L: int, line_bp: int) -> int:
+    """Cash one account may withdraw (margin-rules.md §3), exact: with debt
+    `max(0, min(C_free, AMB, A − w·L))` rounded down to the li (AMB in money·bp), all free
+    cash without debt. The same rule as kernels.margin.withdrawable_one, on the exact AMB."""
+    if L <= 0:
+        return max(0, free)
+    return max(0, min(free, amb4 // S, (A * S - line_bp * L) // S))
 
 
 # ---------------------------------------------------------------- concentration
@@ -272,11 +285,12 @@ def lot_problem(state: MarginState, s: int, kind: str, qty: int, held: int) -> d
             **({"held": held} if kind == "collateral_sell" else {})}
 
 
-def band_of(state: MarginState, s: int) -> tuple[int, int]:
-    """Today's limit-down and limit-up of security `s` (money units)."""
-    b = state.book
-    down, up = limit_band(b.prev_close[s:s + 1], b.board[s:s + 1])
-    return int(down[0]), int(up[0])
+def band_of(state: MarginState, s: int) -> tuple[int, int] | None:
+    """The day's limit-down and limit-up of security `s` (money units), from the live state's
+    bands (kernels/bands.py, the trading date of the monitor's clock); None without a limit."""
+    if not bool(state.has_limit[s]):
+        return None
+    return int(state.limit_down[s]), int(state.limit_up[s])
 
 
 def check(state: MarginState, account_id: str, action: dict | Action,
@@ -312,8 +326,9 @@ def check(state: MarginState, account_id: str, action: dict | Action,
     if kind in TRADES and bool(b.suspended[s]):
         reasons.append({"code": "SUSPENDED", "symbol": sym})
     if kind in TRADES and act.priced:
-        down, up = band_of(state, s)
-        if up > 0 and not down <= act.price <= up:
+        band = band_of(state, s)
+        down, up = band if band is not None else (0, 0)
+        if band is not None and not down <= act.price <= up:
             reasons.append({"code": "PRICE_OUTSIDE_BAND", "symbol": sym,
                             "price": yuan(act.price), "limit_down": yuan(down),
                             "limit_up": yuan(up)})
@@ -339,6 +354,20 @@ def check(state: MarginState, account_id: str, action: dict | Action,
     if kind == "cash_withdrawal" and acct.cash < act.amount:
         reasons.append({"code": "INSUFFICIENT_CASH", "cash": yuan(acct.cash),
                         "required": yuan(act.amount)})
+    if kind in ("cash_withdrawal", "collateral_transfer_out"):
+        free = acct.free_cash()
+        amb4 = acct.amb4(price, hc_bp)
+        wd = withdrawable_amount(free, amb4, A, L, int(lines[u.LINE_WITHDRAWABLE]))
+        figures.update({"free_cash": yuan(free), "withdrawable": yuan(wd)})
+        if kind == "cash_withdrawal":
+            if free < act.amount <= acct.cash:  # short-sale proceeds are never withdrawn
+                reasons.append({"code": "SHORT_PROCEEDS", "free_cash": yuan(free),
+                                "required": yuan(act.amount)})
+            if L > 0 and amb4 < act.amount * S:  # never beyond the available margin balance
+                figures["available_margin_balance"] = yuan(amb4 / S)
+                reasons.append({"code": "INSUFFICIENT_MARGIN",
+                                "available_margin_balance": yuan(amb4 / S),
+                                "required": yuan(act.amount)})
 
     # --- new debt: tier, halt, margin, line
     if kind in NEW_DEBT:
@@ -408,7 +437,7 @@ def check(state: MarginState, account_id: str, action: dict | Action,
         if L2 > 0 and A2 * S < wl * L2:
             reasons.append({"code": "BELOW_WITHDRAWAL_LINE", "ratio_after": _ratio(A2, L2),
                             "line": wl / S,
-                            "withdrawable": yuan(max(0, min(acct.cash, (A * S - wl * L) // S)))})
+                            "withdrawable": figures["withdrawable"]})
 
     if kind in CONCENTRATING:
         before = concentration(state, t, p, A, L, longs)

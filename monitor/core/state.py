@@ -8,9 +8,11 @@ events and the desk screen agree to the fen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 
+from kernels import bands as kb
 from kernels import units as u
 from kernels.liquidation import (
     DEFAULT_GROUP_RANK,
@@ -18,11 +20,12 @@ from kernels.liquidation import (
     liquidation_value,
     plan_account,
 )
-from kernels.margin import available_margin_balance
+from kernels.margin import available_margin_balance, free_cash, withdrawable
 from kernels.ratios import plain_tiers, sweep, tier_of
 from kernels.reach import account_values, short_values
 from kernels.stress import distances, stress_ratio
-from monitor.book.model import BOOK_SLOTS, Book, Holdings
+from monitor.book.model import BOOK_SLOTS, Bands, Book, Holdings, china_today
+from monitor.core.calendar import TradingCalendar, default_calendar
 
 
 @dataclass(slots=True)
@@ -61,9 +64,16 @@ class MarginState:
 
     def __init__(self, book: Book, holdings: Holdings | None = None,
                  costs: PlanCosts | None = None, group_rank: np.ndarray | None = None,
-                 live: bool = False):
+                 live: bool = False, *, band_day: date | None = None,
+                 calendar: TradingCalendar | None = None,
+                 unlimited_shock_bp: int = kb.DEFAULT_UNLIMITED_SHOCK_BP):
         """`live=True`: a private copy of the book with free rows, for account events to
-        change (monitor/ledger.py); otherwise the book is read as loaded."""
+        change (monitor/ledger.py); otherwise the book is read as loaded.
+
+        The price bands (kernels/bands.py) are those of trading day `band_day` (default today,
+        China time; the engine moves them with its clock: `set_band_day`), listing ages
+        counted on `calendar` (default exchange_calendars XSHG). `unlimited_shock_bp`: the
+        one-day stress's move of a security without a daily limit."""
         if live:
             book = book.with_slack(BOOK_SLOTS)
             holdings = Holdings.from_book(book, slack=True)
@@ -72,7 +82,14 @@ class MarginState:
         self.price = book.price.copy()
         self.long_mv = np.zeros(book.n_accounts, dtype=np.int64)
         self.short_mv = np.zeros(book.n_accounts, dtype=np.int64)
-        self.limit_down, self.limit_up = book.limit_prices()
+        self.calendar = calendar
+        self.unlimited_shock_bp = int(unlimited_shock_bp)
+        if not 0 <= self.unlimited_shock_bp < u.RATIO_SCALE:
+            raise ValueError("unlimited_shock_bp must be in [0, 10000)")
+        # the bands of the current trading day; these arrays are updated in place
+        self.bands = self.bands_for(band_day or china_today())
+        self.limit_down, self.limit_up = self.bands.limit_down, self.bands.limit_up
+        self.has_limit = np.ascontiguousarray(self.bands.band_bp >= 0)
         self.step = u.BOARD_STEP[book.board.astype(np.int64)]
         self.costs = costs or PlanCosts()
         self.group_rank = DEFAULT_GROUP_RANK if group_rank is None else group_rank
@@ -80,6 +97,45 @@ class MarginState:
         # refreshes them in rotation); `sync()` brings every account current
         self.stale = False
         self.sweep()
+
+    # ------------------------------------------------------------ price bands
+    def bands_for(self, day: date) -> Bands:
+        """The bands of trading `day` for this book (the state's own stay as they are)."""
+        b = self.book
+        sessions = None
+        if b.listing_day is not None and (b.listing_day > 0).any():
+            cal = self.calendar or default_calendar()
+            # listing ages count the calendar's trading days; past its known days a recent
+            # listing counts as new (no limit) rather than guessing days from weekdays
+            if cal.knows(day.toordinal()):
+                sessions = cal.days
+        return b.bands(day, sessions)
+
+    def set_band_day(self, day: date, force: bool = False) -> bool:
+        """Move the bands to trading `day` (in place: the arrays keep their identity). True
+        when a band changed (a rule took effect, a listing aged past its first days).
+        `force`: recompute even for the same day (the calendar changed)."""
+        if day == self.bands.day and not force:
+            return False
+        new = self.bands_for(day)
+        changed = not np.array_equal(new.band_bp, self.bands.band_bp)
+        self.bands.day = day
+        if changed:
+            self.bands.band_bp[:] = new.band_bp
+            self.limit_down[:] = new.limit_down
+            self.limit_up[:] = new.limit_up
+            self.has_limit[:] = new.band_bp >= 0
+        return changed
+
+    def stress_prices(self) -> tuple[np.ndarray, np.ndarray]:
+        """One-day stress prices (margin-rules.md §5): longs to limit-down, shorts to
+        limit-up; a security without a limit moves by `unlimited_shock_bp` of its price."""
+        n = self.price.shape[0]
+        down = np.empty(n, dtype=np.int64)
+        up = np.empty(n, dtype=np.int64)
+        kb.stress_prices(self.price, self.bands.band_bp, self.limit_down, self.limit_up,
+                         self.bands.tick, self.unlimited_shock_bp, down, up)
+        return down, up
 
     # ------------------------------------------------------------ whole book
     def sweep(self) -> None:
@@ -149,8 +205,10 @@ class MarginState:
         available_margin_balance(idx, b.cash, b.accrued, b.other_debt, b.other_collateral,
                                  b.pos_ptr, b.pos_sec, b.pos_kind, b.pos_qty, b.pos_cost,
                                  b.pos_margin_ratio, self.price, b.haircut, amb)
-        room = (A * S - lines[:, u.LINE_WITHDRAWABLE] * L) // S
-        wd = np.maximum(0, np.minimum(b.cash[idx], room))
+        free = np.empty(idx.shape[0], dtype=np.int64)
+        free_cash(idx, b.cash, b.pos_ptr, b.pos_kind, b.pos_qty, b.pos_cost, free)
+        wd = np.empty(idx.shape[0], dtype=np.int64)
+        withdrawable(free, amb, A, L, np.ascontiguousarray(lines[:, u.LINE_WITHDRAWABLE]), wd)
         need = T * L - S * A  # money · bp, > 0 when below target
         debt = L > 0
         status = np.where(~debt | (need <= 0), u.NOT_REQUIRED,
@@ -167,7 +225,7 @@ class MarginState:
             yuan_array(A), yuan_array(L),
             [None if r != r else round(r, 6) for r in ratio.tolist()],
             [u.TIER_NAMES[t] for t in tiers.tolist()],
-            yuan_array(amb), yuan_array(wd),
+            yuan_array(amb), yuan_array(wd), yuan_array(free),
             [None if st == u.UNREACHABLE_FULL_LIQUIDATION else v
              for v, st in zip(yuan_array(x), status.tolist(), strict=True)],
             [u.STATUS_NAMES[st] for st in status.tolist()],
@@ -175,9 +233,10 @@ class MarginState:
         )
         return [
             {"account_id": aid, "assets": a_, "liabilities": l_, "ratio": r_, "tier": t_,
-             "available_margin_balance": m_, "withdrawable": w_, "liquidation_value": x_,
-             "liquidation_status": s_, "shortfall": f_, "cure": {"deposit": d_, "repay": p_}}
-            for aid, a_, l_, r_, t_, m_, w_, x_, s_, f_, d_, p_ in zip(*cols, strict=True)
+             "available_margin_balance": m_, "withdrawable": w_, "free_cash": c_,
+             "liquidation_value": x_, "liquidation_status": s_, "shortfall": f_,
+             "cure": {"deposit": d_, "repay": p_}}
+            for aid, a_, l_, r_, t_, m_, w_, c_, x_, s_, f_, d_, p_ in zip(*cols, strict=True)
         ]
 
     def plan(self, a: int) -> tuple[list[dict], float | None, float]:
@@ -190,8 +249,8 @@ class MarginState:
         n = int(b.pos_ptr[a + 1] - b.pos_ptr[a])
         sell_blocked = np.zeros(b.n_securities, dtype=np.bool_)
         buy_blocked = np.zeros(b.n_securities, dtype=np.bool_)
-        blocked_flags(self.price, self.limit_down, self.limit_up, b.suspended, sell_blocked,
-                      buy_blocked)
+        blocked_flags(self.price, self.limit_down, self.limit_up, self.has_limit, b.suspended,
+                      sell_blocked, buy_blocked)
         out_sec = np.zeros(max(n, 1), dtype=np.int64)
         out_side = np.zeros(max(n, 1), dtype=np.int64)
         out_qty = np.zeros(max(n, 1), dtype=np.int64)
@@ -222,16 +281,17 @@ class MarginState:
         the uniform fall of long prices that takes the account into each worse tier."""
         h, b = self.h, self.book
         idx = np.ascontiguousarray(accounts, dtype=np.int64)
+        down, up = self.stress_prices()
         if idx.shape[0] > 64:
             lmv_all = np.empty_like(self.long_mv)
             smv_all = np.empty_like(self.short_mv)
-            sweep(self.limit_down, self.limit_up, h.long_ptr, h.long_sec, h.long_qty,
+            sweep(down, up, h.long_ptr, h.long_sec, h.long_qty,
                   h.short_ptr, h.short_sec, h.short_qty, lmv_all, smv_all)
             lmv, smv = lmv_all[idx], smv_all[idx]
         else:
-            lmv = np.array([_dot(h.long_ptr, h.long_sec, h.long_qty, self.limit_down, a)
+            lmv = np.array([_dot(h.long_ptr, h.long_sec, h.long_qty, down, a)
                             for a in idx.tolist()], dtype=np.int64)
-            smv = np.array([_dot(h.short_ptr, h.short_sec, h.short_qty, self.limit_up, a)
+            smv = np.array([_dot(h.short_ptr, h.short_sec, h.short_qty, up, a)
                             for a in idx.tolist()], dtype=np.int64)
         sratio = np.empty(idx.shape[0], dtype=np.float64)
         stress_ratio(h.base_assets[idx], h.base_liabilities[idx], lmv, smv, sratio)

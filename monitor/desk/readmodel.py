@@ -570,7 +570,7 @@ class Desk:
                 "margin_ratio": (round(float(b.pos_margin_ratio[j]), 4)
                                  if kind != u.COLLATERAL else None),
                 "board": u.BOARD_NAMES[int(b.board[s])], "suspended": bool(b.suspended[s]),
-                "at_limit_down": bool(p <= st.limit_down[s]),
+                "at_limit_down": bool(st.has_limit[s] and p <= st.limit_down[s]),
             })
         positions.sort(key=lambda r: -abs(r["market_value"]))
         cash = int(b.cash[a])
@@ -673,7 +673,8 @@ class Desk:
         holders = np.zeros(n, dtype=np.int64)
         count = np.zeros((n, N_CROSS), dtype=np.int64)
         debt = np.zeros((n, N_CROSS), dtype=np.int64)
-        move = np.maximum(st.price - st.limit_down, 0)
+        # each security alone at limit-down (one without a limit: the stress's shock)
+        move = np.maximum(st.price - st.stress_prices()[0], 0)
         _, A, L = self._ratios()
         crowding(move, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr, h.short_sec,
                  h.short_qty, A, L, b.profile_of, b.profile_lines, holders, count, debt)
@@ -711,11 +712,12 @@ class Desk:
             sel = np.arange(b.n_securities)
         order = sel[np.lexsort((sel, -tie[sel], -key[sel]))][offset:offset + limit]
         rows = []
+        down = st.stress_prices()[0]
         for s in order.tolist():
-            p, ld = int(st.price[s]), int(st.limit_down[s])
+            p, ld = int(st.price[s]), int(down[s])
             rows.append({
                 "symbol": b.symbols[s], "board": u.BOARD_NAMES[int(b.board[s])],
-                "price": yuan(p), "limit_down": yuan(ld),
+                "price": yuan(p), "limit_down": yuan(ld), "has_limit": bool(st.has_limit[s]),
                 "move": round(ld / p - 1, 6) if p > 0 else None,
                 "holders": int(c["holders"][s]),
                 "cross": {name: {"accounts": int(c["count"][s, k]),

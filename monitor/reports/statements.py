@@ -374,13 +374,14 @@ class Reporter:
         holders = np.zeros(b.n_securities, dtype=np.int64)
         cnt = np.zeros((b.n_securities, N_CROSS), dtype=np.int64)
         debt = np.zeros((b.n_securities, N_CROSS), dtype=np.int64)
-        move = np.maximum(st.price - st.limit_down, 0)
+        down = st.stress_prices()[0]  # limit-down; without a limit the stress's shock
+        move = np.maximum(st.price - down, 0)
         crowding(move, h.long_ptr, h.long_sec, h.long_qty, h.short_ptr, h.short_sec,
                  h.short_qty, self.assets, L, b.profile_of, b.profile_lines, holders, cnt,
                  debt)
         order = np.lexsort((-holders, -cnt[:, 1], -cnt[:, 2]))[:top]
         crowd = [{"symbol": b.symbols[s], "holders": int(holders[s]),
-                  "price": yuan(int(st.price[s])), "limit_down": yuan(int(st.limit_down[s])),
+                  "price": yuan(int(st.price[s])), "limit_down": yuan(int(down[s])),
                   "to_margin_call": int(cnt[s, 1]), "to_forced_liquidation": int(cnt[s, 2]),
                   "debt_to_forced_liquidation": yuan(int(debt[s, 2]))}
                  for s in order.tolist() if holders[s] > 0]

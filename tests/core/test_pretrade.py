@@ -31,6 +31,7 @@ def _key(r: dict) -> tuple:
         "SUSPENDED": lambda: r["symbol"], "NOT_ELIGIBLE": lambda: r["list"],
         "INSUFFICIENT_POSITION": lambda: r["symbol"],
         "INSUFFICIENT_CASH": lambda: D(repr(r["required"])),
+        "SHORT_PROCEEDS": lambda: D(repr(r["required"])),
         "NEW_DEBT_BLOCKED": lambda: r["tier"],
         "INSUFFICIENT_MARGIN": lambda: D(repr(r["required"])),
         "FINANCING_HALTED": lambda: r["symbol"], "CREDIT_LINE": lambda: r["line"],
@@ -281,7 +282,7 @@ async def test_pretrade_endpoint_on_a_running_monitor(monitor_proc):
     st, out = await post(port, "/api/pretrade", orjson.dumps(
         {"account_id": "A", "action": {"type": "cash_withdrawal", "amount": "100"}}), auth)
     assert st == 200 and [r["code"] for r in orjson.loads(out)["reasons"]] == [
-        "BELOW_WITHDRAWAL_LINE", "CONCENTRATION"]
+        "INSUFFICIENT_MARGIN", "BELOW_WITHDRAWAL_LINE", "CONCENTRATION"]
     # bad requests: JSON, size, unknown account, wrong method target
     assert (await post(port, "/api/pretrade", b"{nope", auth))[0] == 400
     st, out = await post(port, "/api/pretrade", b"x" * 20_000, auth)

@@ -265,7 +265,8 @@ def test_event_index_history_and_drill_down(book):
     d = ok(desk, "/api/account", id=last["account_id"])
     fig = desk.state.figures(a)
     for k in ("ratio", "assets", "liabilities", "available_margin_balance", "cure",
-              "liquidation_value", "liquidation_status", "shortfall", "withdrawable"):
+              "liquidation_value", "liquidation_status", "shortfall", "withdrawable",
+              "free_cash"):
         assert d[k] == fig[k], k
     assert d["tier"] == u.TIER_NAMES[desk.engine.reported[a]]
     assert d["distance"] == desk.state.stress(a)["distance"]

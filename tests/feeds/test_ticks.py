@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import date
 
 import numpy as np
 import orjson
@@ -49,8 +50,11 @@ def test_universe_band_and_boards(universe):
     assert universe.limit_down.tolist() == [9_000, 160_000, 40_000, 11_110]
     assert universe.limit_up.tolist() == [11_000, 240_000, 60_000, 13_570]
     # 12.34 * 0.9 = 11.106 -> 11.11; * 1.1 = 13.574 -> 13.57 (half up on the 0.01 tick)
-    down, up = limit_band(np.array([10_005]), np.array([u.BOARD_ST]))
+    # ST on the main board: ±5% before 2026-07-06, ±10% since (kernels/bands.py)
+    down, up = limit_band(np.array([10_005]), np.array([u.BOARD_ST]), date(2026, 7, 3))
     assert (down[0], up[0]) == (9_500, 10_510)  # 9.50475 -> 9.50, 10.50525 -> 10.51
+    down, up = limit_band(np.array([10_005]), np.array([u.BOARD_ST]), date(2026, 7, 6))
+    assert (down[0], up[0]) == (9_000, 11_010)  # 9.0045 -> 9.00, 11.0055 -> 11.01
     assert universe.symbol_index["688981.SH"] == 2
     with pytest.raises(ValueError):
         Universe(["A", "A"], [1, 1], [1, 1], [1, 1], [1, 1])

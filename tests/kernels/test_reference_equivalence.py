@@ -18,7 +18,7 @@ import reference as ref
 from bookgen import make_book
 
 from kernels import units as u
-from kernels.margin import available_margin_balance, withdrawable_one
+from kernels.margin import available_margin_balance, free_cash, withdrawable
 from kernels.ratios import collect_changes, plain_tiers, sweep, sweep_tiers
 from kernels.stress import distances, stress_ratio
 from monitor.book.load import book_from_dict, load_book
@@ -67,9 +67,13 @@ def bulk_figures(book: Book) -> dict:
                              book.other_debt, book.other_collateral, book.pos_ptr, book.pos_sec,
                              book.pos_kind, book.pos_qty, book.pos_cost, book.pos_margin_ratio,
                              book.price, book.haircut, amb)
-    wd = np.array([withdrawable_one(book.cash[a], assets[a], liabilities[a],
-                                    book.profile_lines[book.profile_of[a], u.LINE_WITHDRAWABLE])
-                   for a in range(n)], dtype=np.int64)
+    free = np.zeros(n, dtype=np.int64)
+    free_cash(np.arange(n, dtype=np.int64), book.cash, book.pos_ptr, book.pos_kind,
+              book.pos_qty, book.pos_cost, free)
+    wd = np.zeros(n, dtype=np.int64)
+    withdrawable(free, amb, assets, liabilities,
+                 np.ascontiguousarray(book.profile_lines[book.profile_of, u.LINE_WITHDRAWABLE]),
+                 wd)
     down, up = book.limit_prices()
     lmv_down = np.zeros(n, dtype=np.int64)
     smv_up = np.zeros(n, dtype=np.int64)

@@ -719,7 +719,7 @@
     body.push(el("div", { class: "kv" },
       kv("Assets", money(r.assets)), kv("Liabilities", money(r.liabilities)),
       kv("Available margin", money(r.available_margin_balance), r.available_margin_balance < 0 ? "worse" : ""),
-      kv("Withdrawable", money(r.withdrawable)),
+      kv("Withdrawable", money(r.withdrawable)), kv("Free cash", money(r.free_cash)),
       kv("Cash", money(b.cash)), kv("Long market value", money(b.long_market_value)),
       kv("Financed principal", money(b.financed_principal)), kv("Short market value", money(b.short_market_value)),
       kv("Interest & fees", money(b.interest_fees)), kv("Other debt", money(b.other_debt + b.negative_cash)),

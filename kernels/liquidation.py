@@ -38,7 +38,10 @@ rising covers to spend its idle proceeds. Only when strict walks fall short of t
 "funded" walks let any cover be paid by sales (a cover funded by a sale trades the value
 twice). The order that brings R' to the target is the last one: it switches to the tradable
 holding whose smallest order reaching the target alone is worth least (the policy's own
-position on a tie), so the value used beyond x* is under one lot step of that last order.
+position on a tie). Then every fill, from the last back, is cut to the smallest admissible
+size with which the whole sequence still reaches the target (an early fill sized "as if the
+last one" may be more than the later fills leave it to do), so the value used beyond x* is
+about one lot step of an order, not more.
 """
 
 import numba as nb
@@ -364,6 +367,72 @@ def cash_repayment_of(cash, accrued, principal, proceeds, assets, liabilities, t
     return min(free, cap)
 
 
+@nb.njit(cache=True)
+def _replay(nf, fill_k, fill_q, order, pos_sec, pos_kind, price, C, I, F, long_mv, short_mv,
+            sell_cost, buy_cost):
+    """Cash, I, F, long and short market value after the fills in sequence."""
+    for f in range(nf):
+        q = fill_q[f]
+        if q <= 0:
+            continue
+        j = order[fill_k[f]]
+        is_short = pos_kind[j] == SHORT
+        v = q * price[pos_sec[j]]
+        C, I, F = _fill(is_short, v, _fee(v, buy_cost if is_short else sell_cost), C, I, F)
+        if is_short:
+            short_mv -= v
+        else:
+            long_mv -= v
+    return C, I, F, long_mv, short_mv
+
+
+@nb.njit(cache=True)
+def _reaches(nf, fill_k, fill_q, order, pos_sec, pos_kind, price, C, I, F, other_debt,
+             other_coll, long_mv, short_mv, target_bp, sell_cost, buy_cost):
+    C, I, F, long_mv, short_mv = _replay(nf, fill_k, fill_q, order, pos_sec, pos_kind, price,
+                                         C, I, F, long_mv, short_mv, sell_cost, buy_cost)
+    A, L = _amounts(C, I, F, other_debt, other_coll, long_mv, short_mv)
+    return L <= 0 or A * RATIO_SCALE >= target_bp * L
+
+
+@nb.njit(cache=True)
+def _trim(nf, fill_k, fill_q, order, pos_sec, pos_kind, pos_qty, price, lot, step, C, I, F,
+          other_debt, other_coll, long_mv, short_mv, target_bp, sell_cost, buy_cost):
+    """Least liquidation: from the last fill back, cut each to the smallest admissible size
+    (none at all included) with which the whole sequence still reaches the target. Only a
+    position traded by one fill is cut (its sizes are those of the whole holding); a binary
+    search over its sizes keeps only sizes that reach, so the result always does."""
+    for i in range(nf - 1, -1, -1):
+        k = fill_k[i]
+        if fill_q[i] <= 0:
+            continue
+        single = True
+        for i2 in range(nf):
+            if i2 != i and fill_k[i2] == k and fill_q[i2] > 0:
+                single = False
+        if not single:
+            continue
+        j = order[k]
+        s = pos_sec[j]
+        avail = pos_qty[j]
+        n = _grid_n(avail, lot[s], step[s])
+        cur = fill_q[i]
+        no = np.int64(-2)  # -1: no order at all
+        yes = _grid_index(cur, n, lot[s], step[s])
+        while yes - no > 1:
+            mid = (no + yes) // 2
+            fill_q[i] = 0 if mid < 0 else _grid_size(mid, n, avail, lot[s], step[s])
+            if fill_q[i] <= cur and _reaches(nf, fill_k, fill_q, order, pos_sec, pos_kind,
+                                             price, C, I, F, other_debt, other_coll, long_mv,
+                                             short_mv, target_bp, sell_cost, buy_cost):
+                yes = mid
+            else:
+                no = mid
+        fill_q[i] = 0 if yes < 0 else _grid_size(yes, n, avail, lot[s], step[s])
+        if fill_q[i] > cur:
+            fill_q[i] = cur
+
+
 @nb.njit(nb.types.UniTuple(i64, 4)(i64, i64, i64, i64, i64, i64, I64, I32, I8, I64, I64, I64, I64,
                                    F64, I64, I64, B1, B1, f64, f64, I64, nb.boolean, I64, I64,
                                    I64, I64),
@@ -384,7 +453,8 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
     only a rising short may count on later sales to refill its overdraft; only when strict
     walks fall short of the target do funded walks let sales pay for any cover. Least
     liquidation: the order that brings R' to the target switches to the tradable holding
-    whose smallest order reaching the target has the least value (the policy's own on a tie).
+    whose smallest order reaching the target has the least value (the policy's own on a tie),
+    and once the target is reached the fills are trimmed from the last back (`_trim`).
     UNREACHABLE (R <= 1): every tradable position is liquidated whole, in policy order, until
     nothing is owed."""
     lo, hi = pos_ptr[a], pos_ptr[a + 1]
@@ -439,7 +509,11 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
             usable[k] = sell_helps and not sell_blocked[s]
     later_long = np.zeros(m + 1, dtype=np.int64)
     later_short = np.zeros(m + 1, dtype=np.int64)
-    rows = 0
+    # the fills in sequence (place in the order, shares): at most one per position and walk
+    fill_k = np.empty(2 * MAX_PASSES * m + 1, dtype=np.int64)
+    fill_q = np.empty(2 * MAX_PASSES * m + 1, dtype=np.int64)
+    nf = 0
+    C0, I0, F0, lmv0, smv0 = C, I, F, long_mv, short_mv  # after the cash repayment
     for mode in range(2):
         funded = mode == 1
         if funded and (full or L <= 0 or A * RATIO_SCALE >= target_bp * L):
@@ -521,6 +595,9 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
                         p = price[s]
                 left[kk] -= q
                 traded = True
+                fill_k[nf] = kk
+                fill_q[nf] = q
+                nf += 1
                 v = q * p
                 fee = _fee(v, buy_cost if is_short else sell_cost)
                 C, I, F = _fill(is_short, v, fee, C, I, F)
@@ -529,22 +606,36 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
                 else:
                     long_mv -= v
                 A, L = _amounts(C, I, F, other_debt, other_collateral, long_mv, short_mv)
-                side = SIDE_BUY_TO_COVER if is_short else SIDE_SELL
-                r = 0
-                while r < rows and not (out_sec[r] == s and out_side[r] == side):
-                    r += 1
-                if r == rows:
-                    out_sec[r] = s
-                    out_side[r] = side
-                    out_qty[r] = 0
-                    out_value[r] = 0
-                    rows += 1
-                out_qty[r] += q
-                out_value[r] += v
             if full or not traded or L <= 0 or A * RATIO_SCALE >= target_bp * L:
                 break
         if full:
             break
+    if not full and (L <= 0 or A * RATIO_SCALE >= target_bp * L):
+        _trim(nf, fill_k, fill_q, order, pos_sec, pos_kind, pos_qty, price, lot, step, C0, I0,
+              F0, other_debt, other_collateral, lmv0, smv0, target_bp, sell_cost, buy_cost)
+    # the rows (one per symbol and side, in order of first fill) and the account after them
+    C, I, F, long_mv, short_mv = _replay(nf, fill_k, fill_q, order, pos_sec, pos_kind, price,
+                                         C0, I0, F0, lmv0, smv0, sell_cost, buy_cost)
+    A, L = _amounts(C, I, F, other_debt, other_collateral, long_mv, short_mv)
+    rows = 0
+    for f in range(nf):
+        q = fill_q[f]
+        if q <= 0:
+            continue
+        j = order[fill_k[f]]
+        s = pos_sec[j]
+        side = SIDE_BUY_TO_COVER if pos_kind[j] == SHORT else SIDE_SELL
+        r = 0
+        while r < rows and not (out_sec[r] == s and out_side[r] == side):
+            r += 1
+        if r == rows:
+            out_sec[r] = s
+            out_side[r] = side
+            out_qty[r] = 0
+            out_value[r] = 0
+            rows += 1
+        out_qty[r] += q
+        out_value[r] += q * price[s]
     return rows, A, L, repaid
 
 

@@ -612,7 +612,8 @@ def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cos
     only a rising short counts on later sales to refill its overdraft, and a sale counts only
     on later rising covers to spend its proceeds; then, if still short, funded walks (any cover
     may count on later sales). The order that brings R' to the target alone switches to the
-    holding whose smallest such order is worth least (the policy's own on a tie).
+    holding whose smallest such order is worth least (the policy's own on a tie). Reached,
+    the fills are trimmed from the last back (least liquidation, below)
     UNREACHABLE: liquidate every tradable position whole, until nothing is owed."""
     status = liquidation_status(a, l, target)
     if status == NOT_REQUIRED:
@@ -641,6 +642,8 @@ def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cos
         return tradable(r, price[r.symbol]) and (cover_helps if r.is_short else sell_helps)
 
     rows: list[dict] = []
+    fills: list[list] = []  # [place in the order, shares], in sequence
+    start = acct  # after the cash repayment
     for funded in (False, True):
         if funded and (full or acct.liabilities() <= 0 or acct.excess(target) >= 0):
             break
@@ -695,21 +698,59 @@ def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cos
                                 kk, q, best = k2, q2, q2 * px2
                 held[kk] -= q
                 traded = True
+                fills.append([kk, q])
                 p = order[kk]
-                px = price[p.symbol]
-                acct = acct.trade(p.is_short, q * px, sell_cost, buy_cost)
-                side = "buy_to_cover" if p.is_short else "sell"
-                for r in rows:
-                    if r["symbol"] == p.symbol and r["side"] == side:
-                        r["qty"] += q
-                        r["value"] += q * px
-                        break
-                else:
-                    rows.append({"symbol": p.symbol, "side": side, "qty": q, "value": q * px})
+                acct = acct.trade(p.is_short, q * price[p.symbol], sell_cost, buy_cost)
             if full or not traded or acct.liabilities() <= 0 or acct.excess(target) >= 0:
                 break
         if full:
             break
+
+    def replay() -> Account:
+        a = start
+        for k, q in fills:
+            if q:
+                a = a.trade(order[k].is_short, q * price[order[k].symbol], sell_cost, buy_cost)
+        return a
+
+    def reaches() -> bool:
+        a = replay()
+        return a.liabilities() <= 0 or a.excess(target) >= 0
+
+    if not full and reaches():
+        # least liquidation: from the last fill back, cut each to the smallest admissible
+        # size (none included) with which the whole sequence still reaches the target; only
+        # a position traded by one fill (sizes of the whole holding); a binary search that
+        # keeps only sizes that reach
+        for i in range(len(fills) - 1, -1, -1):
+            k, cur = fills[i]
+            if cur == 0 or any(i2 != i and f[0] == k and f[1] for i2, f in enumerate(fills)):
+                continue
+            p = order[k]
+            sizes = order_sizes(p.qty, p.sec.lot, p.sec.step)
+            no, yes = -2, sizes.index(cur)
+            while yes - no > 1:
+                mid = (no + yes) // 2
+                fills[i][1] = 0 if mid < 0 else sizes[mid]
+                if fills[i][1] <= cur and reaches():
+                    yes = mid
+                else:
+                    no = mid
+            fills[i][1] = min(0 if yes < 0 else sizes[yes], cur)
+    acct = replay()
+    for k, q in fills:
+        if not q:
+            continue
+        p = order[k]
+        px = price[p.symbol]
+        side = "buy_to_cover" if p.is_short else "sell"
+        for r in rows:
+            if r["symbol"] == p.symbol and r["side"] == side:
+                r["qty"] += q
+                r["value"] += q * px
+                break
+        else:
+            rows.append({"symbol": p.symbol, "side": side, "qty": q, "value": q * px})
     return rows, acct.assets(), acct.liabilities(), repaid
 
 

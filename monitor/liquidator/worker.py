@@ -48,7 +48,14 @@ from feeds.net import Backoff, mask_url, redact, url_secrets
 from monitor.liquidator.config import LiquidatorConfig
 from monitor.liquidator.control import AUDIT_MAXLEN, audit_entry
 from monitor.liquidator.hooks import Hook, HookError, PermanentHookError, open_hook
-from monitor.liquidator.orders import BadEvent, Keys, build_orders, check_event, plan_age_s
+from monitor.liquidator.orders import (
+    BadEvent,
+    Keys,
+    build_orders,
+    cash_repayment,
+    check_event,
+    plan_age_s,
+)
 from monitor.liquidator.repricer import PermanentRepriceError, RepriceError, Repricer, open_repricer
 
 log = logging.getLogger("monitor.liquidator")
@@ -560,7 +567,7 @@ class Liquidator:
                     await self._uncooldown(acct, eid)
                     await self._park(job, "stale_plan")
                     return
-            if not plan["orders"]:
+            if not plan["orders"] and not cash_repayment(plan) > 0:
                 await self._uncooldown(acct, eid)
                 residual = plan.get("residual") or 0
                 if residual > 0:

@@ -225,8 +225,12 @@ KERNELS: tuple[Kernel, ...] = (
            "position rows of one account in the default policy's order",
            R + "plan_order", "reference.policy_order", s.make_plan_order),
     Kernel("liquidation.plan_account", liquidation.plan_account,
-           "lot-rounded liquidation plan of one account on its cash, and A, L after",
+           "lot-rounded liquidation plan of one account on its cash (free cash first, least "
+           "liquidation), and A, L and the cash repayment after",
            R + "plan_account", "reference.plan", s.make_plan_account),
+    Kernel("liquidation.cash_repayment_of", liquidation.cash_repayment_of,
+           "free cash first: what free cash repays before any order, min(C_free, x*, I + F)",
+           R + "cash_repayment_of", "reference.cash_repayment", s.make_cash_repayment_of),
     Kernel("liquidation.blocked_flags", liquidation.blocked_flags,
            "untradable securities: suspended, longs at limit-down, shorts at limit-up",
            R + "blocked_flags", "reference.Security.sell_blocked / buy_blocked",

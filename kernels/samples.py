@@ -788,7 +788,21 @@ def make_plan_account(seed, n):
     return (a, int(b.cash[a]), int(b.accrued[a]), int(b.other_debt[a]),
             int(b.other_collateral[a]), int(_row(b, a)[u.LINE_TARGET]), b.pos_ptr, b.pos_sec,
             b.pos_kind, b.pos_qty, b.pos_cost, b.price, b.prev_close, b.haircut, b.lot, b.step,
-            *_blocked(b), sell, buy, _group_rank(seed), *(np.zeros(m, dtype=I64) for _ in range(4)))
+            *_blocked(b), sell, buy, _group_rank(seed), bool(seed % 4 != 3),
+            *(np.zeros(m, dtype=I64) for _ in range(4)))
+
+
+def make_cash_repayment_of(seed, n):
+    b = toy_book(seed, n)
+    a = _to_plan(b, seed)
+    lo, hi = int(b.pos_ptr[a]), int(b.pos_ptr[a + 1])
+    kind = b.pos_kind[lo:hi]
+    principal = int(b.pos_cost[lo:hi][kind == u.FINANCED].sum())
+    proceeds = int(b.pos_cost[lo:hi][kind == u.SHORT].sum())
+    A, L = int(b.assets[a]), int(b.liabilities[a])
+    target = int(_row(b, a)[u.LINE_TARGET])
+    full = bool(L > 0 and A <= L)
+    return (int(b.cash[a]), int(b.accrued[a]), principal, proceeds, A, L, target, full)
 
 
 def make_blocked_flags(seed, n):

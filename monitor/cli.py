@@ -52,11 +52,15 @@ def _evaluate(args) -> int:
             for a, r in zip(idx.tolist(), recs, strict=True):
                 if r["liquidation_status"] == u.STATUS_NAMES[u.NOT_REQUIRED]:
                     r["plan"], r["ratio_after"] = [], r["ratio"]
+                    r["cash_repayment"] = 0.0
                 else:
-                    orders, ratio_after, residual = state.plan(a)
-                    r["plan"] = orders
-                    r["ratio_after"] = ratio_after
-                    r["residual"] = residual
+                    d = state.plan_detail(a)
+                    r["plan"] = d["orders"]
+                    r["ratio_after"] = d["ratio_after"]
+                    r["residual"] = d["residual"]
+                    r["cash_repayment"] = d["cash_repayment"]
+                    r["interest_repaid"] = d["interest_repaid"]
+                    r["principal_repaid"] = d["principal_repaid"]
         out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in recs))
     out.flush()
     return EXIT_OK

@@ -286,9 +286,11 @@ def make_book(seed: int, n_accounts: int = 300, n_securities: int = 40) -> dict:
 # ---------------------------------------------------------------------------- spec vectors
 
 
-def book_from_vector(v: dict) -> dict:
+def book_from_vector(v: dict, use_free_cash: bool = True) -> dict:
     """The one-account book of a vector: each position's price, haircut and lot move to its
-    security (a previous close equal to the price), `sellable: false` means suspended."""
+    security (a previous close equal to the price), `sellable: false` means suspended.
+    `use_free_cash=False`: the default profile turns free cash first off (the vectors'
+    `example_plan` / `without_cash`; `cash_first` is the default's)."""
     secs = {}
     for p in v["positions"]:
         secs[p["symbol"]] = {"symbol": p["symbol"], "price": p["price"], "haircut": p["haircut"],
@@ -296,7 +298,10 @@ def book_from_vector(v: dict) -> dict:
                              "suspended": not p.get("sellable", True)}
     drop = ("price", "haircut", "sellable", "lot")
     positions = [{k: x for k, x in p.items() if k not in drop} for p in v["positions"]]
-    return {"securities": list(secs.values()),
-            "accounts": [{"account_id": v["id"], "cash": v["cash"],
-                          "accrued_interest_fees": v["accrued_interest_fees"],
-                          "positions": positions}]}
+    doc = {"securities": list(secs.values()),
+           "accounts": [{"account_id": v["id"], "cash": v["cash"],
+                         "accrued_interest_fees": v["accrued_interest_fees"],
+                         "positions": positions}]}
+    if not use_free_cash:
+        doc["profiles"] = {"default": {"use_free_cash": False}}
+    return doc

@@ -748,8 +748,8 @@ def plan_order(a, pos_ptr, pos_sec, pos_kind, pos_qty, pos_cost, price, prev_clo
 
 def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_ptr, pos_sec,
                  pos_kind, pos_qty, pos_cost, price, prev_close, haircut, lot, step,
-                 sell_blocked, buy_blocked, sell_cost, buy_cost, group_rank, out_sec, out_side,
-                 out_qty, out_value):
+                 sell_blocked, buy_blocked, sell_cost, buy_cost, group_rank, use_free_cash,
+                 out_sec, out_side, out_qty, out_value):
     """reference.plan on the account's cash, in yuan (fees round up to the li)."""
     secs = _securities(price, prev_close, haircut, lot, step, sell_blocked, buy_blocked)
     px = {s: D(int(p)) / 1000 for s, p in enumerate(price)}
@@ -761,18 +761,31 @@ def plan_account(a, cash, accrued, other_debt, other_collateral, target_bp, pos_
          "other_debt": D(int(other_debt)) / 1000, "other_coll": D(int(other_collateral)) / 1000,
          "positions": pos, "financed": sum((p.cost for p in pos if p.kind == "financed"), D(0)),
          "long_mv": sum((p.qty * px[p.symbol] for p in pos if not p.is_short), D(0)),
-         "short_mv": sum((p.qty * px[p.symbol] for p in pos if p.is_short), D(0))}
+         "short_mv": sum((p.qty * px[p.symbol] for p in pos if p.is_short), D(0)),
+         "short_proceeds": sum((p.cost for p in pos if p.is_short), D(0))}
     A = max(m["cash"], 0) + m["other_coll"] + m["long_mv"]
     L = (m["financed"] + m["accrued"] + m["other_debt"] + m["short_mv"]
          + max(-m["cash"], D(0)))
-    rows, A2, L2 = ref.plan(m, px, A, L, D(int(target_bp)) / S, D(repr(float(sell_cost))),
-                            D(repr(float(buy_cost))), tuple(int(g) for g in group_rank))
+    rows, A2, L2, repaid = ref.plan(m, px, A, L, D(int(target_bp)) / S,
+                                    D(repr(float(sell_cost))), D(repr(float(buy_cost))),
+                                    tuple(int(g) for g in group_rank), bool(use_free_cash))
     for r, row in enumerate(rows):
         out_sec[r] = row["symbol"]
         out_side[r] = u.SIDE_BUY_TO_COVER if row["side"] == "buy_to_cover" else u.SIDE_SELL
         out_qty[r] = row["qty"]
         out_value[r] = int(row["value"] * 1000)
-    return len(rows), int(A2 * 1000), int(L2 * 1000)
+    return len(rows), int(A2 * 1000), int(L2 * 1000), int(repaid * 1000)
+
+
+def cash_repayment_of(cash, accrued, principal, proceeds, assets, liabilities, target_bp, full):
+    """reference.cash_repayment, in money units."""
+    C, I, F = D(int(cash)), D(int(accrued)), D(int(principal))
+    # the amounts as given: A and L (what is not cash or I + F is other collateral / debt)
+    acct = ref.Account(cash=C, accrued=I, principal=F,
+                       other_debt=D(int(liabilities)) - I - F - max(-C, D(0)),
+                       other_coll=D(int(assets)) - max(C, D(0)), long_mv=D(0), short_mv=D(0))
+    x = ref.cash_repayment(acct, D(int(proceeds)), D(int(target_bp)) / S, bool(full))
+    return int(x)
 
 
 def blocked_flags(price, limit_down, limit_up, has_limit, suspended, sell_blocked, buy_blocked):

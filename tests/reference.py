@@ -21,6 +21,11 @@ Conventions (each one is the spec's, or says where it is a reading of it):
       not on §4's "A and L move by the same x": a sale adds its proceeds (less the fee) to cash,
       and what of them is positive cash repays I, then F; a cover is paid from cash, which may
       go negative (then it is debt). Optional sell / buy cost rates (fees rounded up to the li).
+      Free cash first (profile `use_free_cash`, default on): before any order free cash
+      max(0, C − Σ short_sell_amount) repays I, then F, as far as needed: min(C_free, x*, I + F)
+      with x* rounded up to the li (underwater: min(C_free, I + F)). Least liquidation: strict
+      walks (covers paid from the cash there is, unless a rising short), then funded ones; the
+      order that reaches the target switches to the holding that reaches it with least value.
 - §5  the band by trading date (board, risk warning, listing age in XSHG trading days, fund,
       explicit `limit_pct`; `band_of`); limit price = prev_close·(1 ± band) rounded half-up to
       0.01 (funds 0.001); none without a limit (never locked). Stress moves every long to
@@ -300,10 +305,12 @@ def amounts(book: RefBook, acct: dict, price: dict) -> dict:
     long_mv = ZERO
     short_mv = ZERO
     financed = ZERO
+    proceeds = ZERO  # Σ short_sell_amount of the open shorts (§1: not free cash)
     for p in positions:
         mv = p.qty * price[p.symbol]
         if p.is_short:
             short_mv += mv
+            proceeds += p.cost
         else:
             long_mv += mv
         if p.kind == "financed":
@@ -313,7 +320,7 @@ def amounts(book: RefBook, acct: dict, price: dict) -> dict:
     return {
         "cash": cash, "accrued": accrued, "other_debt": other_debt, "other_coll": other_coll,
         "positions": positions, "long_mv": long_mv, "short_mv": short_mv, "financed": financed,
-        "base_assets": base_a, "base_liabilities": base_l,
+        "short_proceeds": proceeds, "base_assets": base_a, "base_liabilities": base_l,
         "assets": base_a + long_mv, "liabilities": base_l + short_mv,
     }
 
@@ -396,10 +403,12 @@ def distance(base_a: Decimal, a: Decimal, l: Decimal, long_mv: Decimal,
 
 
 def evaluate_account(book: RefBook, acct: dict, prices: dict | None = None, *,
-                     sell_cost=0, buy_cost=0, group_order=(0, 1, 2, 3)) -> dict:
+                     sell_cost=0, buy_cost=0, group_order=(0, 1, 2, 3),
+                     use_free_cash: bool | None = None) -> dict:
     """Every figure of margin-rules.md §1-§5 for one account, exact.
 
-    `prices` overrides security prices (symbol -> price); the rest of the book is as given."""
+    `prices` overrides security prices (symbol -> price); the rest of the book is as given.
+    `use_free_cash` overrides the profile's setting (§4 free cash first)."""
     price = {s: sec.price for s, sec in book.securities.items()}
     for s, p in (prices or {}).items():
         price[s] = dec(p)
@@ -429,7 +438,13 @@ def evaluate_account(book: RefBook, acct: dict, prices: dict | None = None, *,
         "forced_liquidation": distance(m["base_assets"], a, l, m["long_mv"],
                                        lines["margin_call"]),
     }
-    orders, a2, l2 = plan(m, price, a, l, target, dec(sell_cost), dec(buy_cost), group_order)
+    use_cash = book.calls(acct)["use_free_cash"]
+    if use_free_cash is not None:
+        use_cash = use_free_cash
+    use_cash = use_cash if isinstance(use_cash, bool) else (
+        str(use_cash).strip().lower() in ("true", "1", "yes"))
+    orders, a2, l2, repaid = plan(m, price, a, l, target, dec(sell_cost), dec(buy_cost),
+                                  group_order, use_cash)
     if l2 > 0 and a2 < target * l2:
         x = liquidation_value(a2, l2, target)
         residual = x if x is not None else l2 - a2
@@ -462,6 +477,9 @@ def evaluate_account(book: RefBook, acct: dict, prices: dict | None = None, *,
         "stress_ratio": div(sa, sl) if sl > 0 else None,
         "distance": dist,
         "plan": orders,
+        "cash_repayment": repaid,
+        "interest_repaid": min(repaid, m["accrued"]),
+        "principal_repaid": repaid - min(repaid, m["accrued"]),
         "assets_after": a2,
         "liabilities_after": l2,
         "ratio_after": div(a2, l2) if l2 > 0 else None,
@@ -507,6 +525,14 @@ def order_sizes(avail: int, lot: int, step: int) -> list:
     return list(sizes_from(0, avail, lot, step))
 
 
+def short_rise(p: Position, px: Decimal) -> Decimal:
+    """How far a short's price has risen above its average sale price or the previous close,
+    whichever is more (> 0: a rising short, covered first by the default policy)."""
+    avg = div(p.cost, D(p.qty))
+    rise_avg = div(px, avg) - ONE if avg > 0 else ZERO
+    return max(rise_avg, div(px, p.sec.prev_close) - ONE)
+
+
 def policy_order(positions: list, price: dict, group_order=(0, 1, 2, 3)) -> list:
     """The default policy: shorts whose price is rising (above the average sale price or the
     previous close) by rise, largest first; financed longs by market value, largest first;
@@ -519,9 +545,7 @@ def policy_order(positions: list, price: dict, group_order=(0, 1, 2, 3)) -> list
         px = price[p.symbol]
         mv = p.qty * px
         if p.is_short:
-            avg = div(p.cost, D(p.qty))
-            rise_avg = div(px, avg) - ONE if avg > 0 else ZERO
-            rise = max(rise_avg, div(px, p.sec.prev_close) - ONE)
+            rise = short_rise(p, px)
             if rise > 0:
                 key = (group_order[0], -rise, ZERO)
             else:
@@ -658,71 +682,171 @@ def size_order(acct: Account, p: Position, avail: int, px: Decimal, target: Deci
     return best_q
 
 
-def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cost: Decimal,
-         buy_cost: Decimal, group_order=(0, 1, 2, 3)) -> tuple[list, Decimal, Decimal]:
-    """Lot-rounded liquidation plan of the default policy: (orders, A after, L after).
+def cash_repayment(acct: Account, proceeds: Decimal, target: Decimal, full: bool) -> Decimal:
+    """§4 free cash first: min(C_free, x*, I + F), C_free = max(0, C − Σ short_sell_amount),
+    x* = (T·L − A)/(T − 1) rounded up to the li (a repayment has no cost). Underwater (`full`)
+    x* does not bound it."""
+    free = max(acct.cash - proceeds, ZERO)
+    cap = acct.accrued + acct.principal
+    if not full:
+        cap = min(cap, ceil_li(div(target * acct.liabilities() - acct.assets(), target - ONE)))
+    return min(free, cap)
 
-    Every fill is simulated on the account's cash (`Account`). REQUIRED: walk the policy
-    order, skip untradable positions, size each one (`size_order`) and stop once R' >= target;
-    short of the target, walk again over what is left, at most PLAN_PASSES times and only while
-    a walk trades. UNREACHABLE: liquidate every tradable position whole, until nothing is owed."""
+
+def plan(m: dict, price: dict, a: Decimal, l: Decimal, target: Decimal, sell_cost: Decimal,
+         buy_cost: Decimal, group_order=(0, 1, 2, 3), use_free_cash: bool = True
+         ) -> tuple[list, Decimal, Decimal, Decimal]:
+    """Lot-rounded liquidation plan of the default policy: (orders, A after, L after, cash
+    repayment).
+
+    Free cash first (`use_free_cash`): `cash_repayment` repays interest, then principal, before
+    any order. Every fill is simulated on the account's cash (`Account`). REQUIRED: walk the
+    policy order, skip untradable positions, size each one (`size_order`) and stop once
+    R' >= target; short of the target, walk again over what is left, at most PLAN_PASSES times
+    and only while a walk trades. Strict walks first: a cover is paid from the cash there is,
+    only a rising short counts on later sales to refill its overdraft, and a sale counts only
+    on later rising covers to spend its proceeds; then, if still short, funded walks (any cover
+    may count on later sales). The order that brings R' to the target alone switches to the
+    holding whose smallest such order is worth least (the policy's own on a tie). Reached,
+    the fills are trimmed from the last back (least liquidation, below)
+    UNREACHABLE: liquidate every tradable position whole, until nothing is owed."""
     status = liquidation_status(a, l, target)
     if status == NOT_REQUIRED:
-        return [], a, l
+        return [], a, l, ZERO
     acct = Account(cash=m["cash"], accrued=m["accrued"], principal=m["financed"],
                    other_debt=m["other_debt"], other_coll=m["other_coll"],
                    long_mv=m["long_mv"], short_mv=m["short_mv"])
     assert (acct.assets(), acct.liabilities()) == (a, l)
     full = status == UNREACHABLE
+    repaid = ZERO
+    if use_free_cash:
+        repaid = cash_repayment(acct, m["short_proceeds"], target, full)
+        to_interest = min(repaid, acct.accrued)
+        acct = replace(acct, cash=acct.cash - repaid, accrued=acct.accrued - to_interest,
+                       principal=acct.principal - (repaid - to_interest))
+    if acct.liabilities() <= 0 or (not full and acct.excess(target) >= 0):
+        return [], acct.assets(), acct.liabilities(), repaid
     sell_helps = target * (ONE - sell_cost) - ONE > 0
     cover_helps = target - ONE - buy_cost > 0
     order = policy_order(m["positions"], price, group_order)
     held = [p.qty for p in order]  # shares left, by place in the order
+    rising = [p.is_short and short_rise(p, price[p.symbol]) > 0 for p in order]
+
+    def usable(i: int) -> bool:
+        r = order[i]
+        return tradable(r, price[r.symbol]) and (cover_helps if r.is_short else sell_helps)
+
     rows: list[dict] = []
-    for _ in range(PLAN_PASSES):
-        traded = False
-        for k, p in enumerate(order):
-            if not full and acct.excess(target) >= 0:
-                break
-            if acct.liabilities() <= 0:
-                break
-            px = price[p.symbol]
-            if held[k] == 0 or not tradable(p, px):
-                continue
-            if full:
-                q = held[k]
-            else:
-                if not (cover_helps if p.is_short else sell_helps):
-                    continue  # costs eat the whole benefit: this side cannot help
-                later_proceeds = ZERO
-                later_covers = ZERO
-                for i in range(k + 1, len(order)):
-                    r = order[i]
-                    v = held[i] * price[r.symbol]
-                    if not tradable(r, price[r.symbol]):
-                        continue
-                    if r.is_short and cover_helps:
-                        later_covers += v + ceil_li(v * buy_cost)
-                    elif not r.is_short and sell_helps:
-                        later_proceeds += v - ceil_li(v * sell_cost)
-                q = size_order(acct, p, held[k], px, target, sell_cost, buy_cost,
-                               later_proceeds, later_covers)
-                if q == 0:
-                    continue
-            held[k] -= q
-            traded = True
-            acct = acct.trade(p.is_short, q * px, sell_cost, buy_cost)
-            side = "buy_to_cover" if p.is_short else "sell"
-            for r in rows:
-                if r["symbol"] == p.symbol and r["side"] == side:
-                    r["qty"] += q
-                    r["value"] += q * px
-                    break
-            else:
-                rows.append({"symbol": p.symbol, "side": side, "qty": q, "value": q * px})
-        if full or not traded or acct.liabilities() <= 0 or acct.excess(target) >= 0:
+    fills: list[list] = []  # [place in the order, shares], in sequence
+    start = acct  # after the cash repayment
+    for funded in (False, True):
+        if funded and (full or acct.liabilities() <= 0 or acct.excess(target) >= 0):
             break
-    return rows, acct.assets(), acct.liabilities()
+        for _ in range(PLAN_PASSES):
+            traded = False
+            for k, p in enumerate(order):
+                if not full and acct.excess(target) >= 0:
+                    break
+                if acct.liabilities() <= 0:
+                    break
+                px = price[p.symbol]
+                if held[k] == 0 or not tradable(p, px):
+                    continue
+                kk = k  # the place in the order that trades (the last order may switch)
+                if full:
+                    q = held[k]
+                else:
+                    if not usable(k):
+                        continue
+                    later_proceeds = ZERO
+                    later_covers = ZERO
+                    for i in range(k + 1, len(order)):
+                        r = order[i]
+                        v = held[i] * price[r.symbol]
+                        if not usable(i):
+                            continue
+                        if r.is_short:
+                            if funded or rising[i]:
+                                later_covers += v + ceil_li(v * buy_cost)
+                        else:
+                            later_proceeds += v - ceil_li(v * sell_cost)
+                    if not (funded or rising[k]):
+                        later_proceeds = ZERO  # a cover paid from the cash there is
+                    q = size_order(acct, p, held[k], px, target, sell_cost, buy_cost,
+                                   later_proceeds, later_covers)
+                    if q == 0:
+                        continue
+                    if acct.trade(p.is_short, q * px, sell_cost, buy_cost).excess(target) >= 0:
+                        # the last order: the holding whose smallest order that reaches the
+                        # target alone is worth least; the policy's own on a tie
+                        best = q * px
+                        for k2, p2 in enumerate(order):
+                            if k2 == k or held[k2] == 0 or not usable(k2):
+                                continue
+                            px2 = price[p2.symbol]
+                            q2 = size_order(acct, p2, held[k2], px2, target, sell_cost,
+                                            buy_cost, ZERO, ZERO)
+                            if q2 == 0 or q2 * px2 >= best:
+                                continue
+                            after = acct.trade(p2.is_short, q2 * px2, sell_cost, buy_cost)
+                            if after.excess(target) >= 0:
+                                kk, q, best = k2, q2, q2 * px2
+                held[kk] -= q
+                traded = True
+                fills.append([kk, q])
+                p = order[kk]
+                acct = acct.trade(p.is_short, q * price[p.symbol], sell_cost, buy_cost)
+            if full or not traded or acct.liabilities() <= 0 or acct.excess(target) >= 0:
+                break
+        if full:
+            break
+
+    def replay() -> Account:
+        a = start
+        for k, q in fills:
+            if q:
+                a = a.trade(order[k].is_short, q * price[order[k].symbol], sell_cost, buy_cost)
+        return a
+
+    def reaches() -> bool:
+        a = replay()
+        return a.liabilities() <= 0 or a.excess(target) >= 0
+
+    if not full and reaches():
+        # least liquidation: from the last fill back, cut each to the smallest admissible
+        # size (none included) with which the whole sequence still reaches the target; only
+        # a position traded by one fill (sizes of the whole holding); a binary search that
+        # keeps only sizes that reach
+        for i in range(len(fills) - 1, -1, -1):
+            k, cur = fills[i]
+            if cur == 0 or any(i2 != i and f[0] == k and f[1] for i2, f in enumerate(fills)):
+                continue
+            p = order[k]
+            sizes = order_sizes(p.qty, p.sec.lot, p.sec.step)
+            no, yes = -2, sizes.index(cur)
+            while yes - no > 1:
+                mid = (no + yes) // 2
+                fills[i][1] = 0 if mid < 0 else sizes[mid]
+                if fills[i][1] <= cur and reaches():
+                    yes = mid
+                else:
+                    no = mid
+            fills[i][1] = min(0 if yes < 0 else sizes[yes], cur)
+    acct = replay()
+    for k, q in fills:
+        if not q:
+            continue
+        p = order[k]
+        px = price[p.symbol]
+        side = "buy_to_cover" if p.is_short else "sell"
+        for r in rows:
+            if r["symbol"] == p.symbol and r["side"] == side:
+                r["qty"] += q
+                r["value"] += q * px
+                break
+        else:
+            rows.append({"symbol": p.symbol, "side": side, "qty": q, "value": q * px})
+    return rows, acct.assets(), acct.liabilities(), repaid
 
 
 # ------------------------------------------------------------------------------ §6 calls

@@ -27,7 +27,9 @@ def lines(out):
     return [json.loads(x) for x in out.splitlines() if x.strip()]
 
 
-def check_against_vectors(recs: list[dict], vectors: list[dict]) -> None:
+def check_against_vectors(recs: list[dict], vectors: list[dict], free_cash: bool = True) -> None:
+    """`free_cash`: the book's profiles have free cash first (the default), so the plans are
+    the vectors' `cash_first`; else `example_plan` (use_free_cash off)."""
     got = {r["account_id"]: r for r in recs}
     for v in vectors:
         r, e = got["C-" + v["id"]], v["expected"]
@@ -44,11 +46,21 @@ def check_against_vectors(recs: list[dict], vectors: list[dict]) -> None:
         assert r["liquidation_value"] == (None if lv is None else float(lv))
         if "shortfall_if_fully_liquidated" in e:  # not stated by every vector
             assert r["shortfall"] == float(e["shortfall_if_fully_liquidated"])
-        if "example_plan" in e:
+        if "example_plan" in e and not free_cash:
             assert [(o["side"], o["qty"]) for o in r["plan"]] == \
                 [(o["side"], o["qty"]) for o in e["example_plan"]]
             assert Decimal(str(r["ratio_after"] * 100)).quantize(
                 Decimal("0.01"), ROUND_HALF_UP) == Decimal(e["example_plan_ratio_pct_after"])
+            assert r["cash_repayment"] == 0.0
+        c = v.get("cash_first") or e.get("cash_first")
+        if c is not None and free_cash:
+            assert [(o["side"], o["qty"]) for o in r["plan"]] == \
+                [(o["side"], o["qty"]) for o in c["plan"]]
+            assert Decimal(str(r["ratio_after"] * 100)).quantize(
+                Decimal("0.01"), ROUND_HALF_UP) == Decimal(c["ratio_pct_after"])
+            assert (r["cash_repayment"], r["interest_repaid"], r["principal_repaid"]) == (
+                float(c["cash_repayment"]), float(c["interest_repaid"]),
+                float(c["principal_repaid"]))
 
 
 def test_sample_book_matches_the_spec_vectors():
@@ -57,6 +69,16 @@ def test_sample_book_matches_the_spec_vectors():
     held = [v for v in VECTORS if "C-" + v["id"] in sample_ids]
     assert {v["id"] for v in held} >= {"TV1", "TV2", "TV3", "TV5", "TV7", "TV8"}
     check_against_vectors(lines(run(str(SAMPLE), "--plan").stdout), held)
+
+
+def test_sample_book_with_free_cash_off_gives_the_example_plans(tmp_path):
+    doc = json.loads(SAMPLE.read_text())
+    doc["profiles"] = {name: {**p, "use_free_cash": False}
+                       for name, p in {"default": {}, **(doc.get("profiles") or {})}.items()}
+    path = tmp_path / "sample_off.json"
+    path.write_text(json.dumps(doc))
+    held = [v for v in VECTORS if "C-" + v["id"] in {a["account_id"] for a in doc["accounts"]}]
+    check_against_vectors(lines(run(str(path), "--plan").stdout), held, free_cash=False)
 
 
 def test_every_spec_vector_evaluates_from_a_book_file(tmp_path):
@@ -75,6 +97,9 @@ def test_every_spec_vector_evaluates_from_a_book_file(tmp_path):
     path = tmp_path / "vectors_book.json"
     path.write_text(json.dumps({"securities": list(secs.values()), "accounts": accounts}))
     check_against_vectors(lines(run(str(path), "--plan").stdout), VECTORS)
+    path.write_text(json.dumps({"securities": list(secs.values()), "accounts": accounts,
+                                "profiles": {"default": {"use_free_cash": False}}}))
+    check_against_vectors(lines(run(str(path), "--plan").stdout), VECTORS, free_cash=False)
 
 
 def test_output_is_in_book_order_with_every_contract_field():

@@ -673,9 +673,9 @@ class Engine:
         engine time `t_ns`; events into FORCED_LIQUIDATION and CALL_EXPIRED carry it, so a
         liquidation hook acts on the prices that triggered it (`priced_ns` tells a consumer
         how old they are)."""
-        orders, ratio_after, residual = self.state.plan(a)
-        return {"orders": orders, "ratio_after": ratio_after, "residual": residual,
-                "priced_ns": int(t_ns)}
+        d = self.state.plan_detail(a)
+        d["priced_ns"] = int(t_ns)
+        return d
 
     # ------------------------------------------------------------------ views
     def open_breaches(self, now_ns: int) -> list[dict]:

@@ -239,11 +239,26 @@ class MarginState:
             for aid, a_, l_, r_, t_, m_, w_, c_, x_, s_, f_, d_, p_ in zip(*cols, strict=True)
         ]
 
-    def plan(self, a: int) -> tuple[list[dict], float | None, float]:
-        """Lot-rounded liquidation plan: (orders, ratio_after, residual value still needed).
+    def use_free_cash(self, a: int) -> bool:
+        """The profile's `use_free_cash` (margin-rules.md §4; default on)."""
+        flags = self.book.calls().use_free_cash
+        p = int(self.book.profile_of[a])
+        return bool(flags[p]) if p < flags.shape[0] else True
 
-        Simulated on the account's cash, interest, principal and other debt / collateral
-        (kernels/liquidation.py), so `ratio_after` is what the orders really leave."""
+    def plan(self, a: int) -> tuple[list[dict], float | None, float]:
+        """Lot-rounded liquidation plan: (orders, ratio_after, residual value still needed);
+        `plan_detail` adds the cash repayment that comes before the orders."""
+        d = self.plan_detail(a)
+        return d["orders"], d["ratio_after"], d["residual"]
+
+    def plan_detail(self, a: int) -> dict:
+        """The whole plan: {orders, ratio_after, residual, cash_repayment, interest_repaid,
+        principal_repaid} (yuan).
+
+        Free cash first (the profile's `use_free_cash`): `cash_repayment` repays interest,
+        then principal, before any order. Simulated on the account's cash, interest, principal
+        and other debt / collateral (kernels/liquidation.py), so `ratio_after` is what the
+        repayment and the orders really leave."""
         b = self.book
         target = np.int64(self.lines(a)[u.LINE_TARGET])
         n = int(b.pos_ptr[a + 1] - b.pos_ptr[a])
@@ -255,12 +270,12 @@ class MarginState:
         out_side = np.zeros(max(n, 1), dtype=np.int64)
         out_qty = np.zeros(max(n, 1), dtype=np.int64)
         out_value = np.zeros(max(n, 1), dtype=np.int64)
-        rows, A2, L2 = plan_account(a, b.cash[a], b.accrued[a], b.other_debt[a],
-                                    b.other_collateral[a], target, b.pos_ptr, b.pos_sec,
-                                    b.pos_kind, b.pos_qty, b.pos_cost, self.price, b.prev_close,
-                                    b.haircut, b.lot, self.step, sell_blocked, buy_blocked,
-                                    float(self.costs.sell), float(self.costs.buy),
-                                    self.group_rank, out_sec, out_side, out_qty, out_value)
+        rows, A2, L2, repaid = plan_account(
+            a, b.cash[a], b.accrued[a], b.other_debt[a], b.other_collateral[a], target,
+            b.pos_ptr, b.pos_sec, b.pos_kind, b.pos_qty, b.pos_cost, self.price, b.prev_close,
+            b.haircut, b.lot, self.step, sell_blocked, buy_blocked, float(self.costs.sell),
+            float(self.costs.buy), self.group_rank, self.use_free_cash(a), out_sec, out_side,
+            out_qty, out_value)
         orders = [{"symbol": b.symbols[int(out_sec[r])],
                    "side": u.SIDE_NAMES[int(out_side[r])],
                    "qty": int(out_qty[r]),
@@ -271,7 +286,10 @@ class MarginState:
         if L2 > 0 and A2 * u.RATIO_SCALE < target * L2:
             x = liquidation_value(A2, L2, target, 0.0, 0.0)
             residual = yuan(float(x)) if np.isfinite(x) else yuan(int(L2 - A2))
-        return orders, ratio_after, residual
+        interest = min(int(repaid), max(int(b.accrued[a]), 0))
+        return {"orders": orders, "ratio_after": ratio_after, "residual": residual,
+                "cash_repayment": yuan(int(repaid)), "interest_repaid": yuan(interest),
+                "principal_repaid": yuan(int(repaid) - interest)}
 
     def stress(self, a: int) -> dict:
         return self.stress_many(np.array([a], dtype=np.int64))[0]

@@ -583,10 +583,11 @@ class Desk:
         }
         out["positions"] = positions
         if fig["liquidation_status"] != u.STATUS_NAMES[u.NOT_REQUIRED]:
-            orders, ratio_after, residual = st.plan(a)
-            out["plan"] = {"orders": orders, "ratio_after": ratio_after, "residual": residual}
+            out["plan"] = st.plan_detail(a)
         else:
-            out["plan"] = {"orders": [], "ratio_after": fig["ratio"], "residual": 0.0}
+            out["plan"] = {"orders": [], "ratio_after": fig["ratio"], "residual": 0.0,
+                           "cash_repayment": 0.0, "interest_repaid": 0.0,
+                           "principal_repaid": 0.0}
         call = eng.calls.get(a)
         out["call"] = call.as_dict() if call is not None else None
         # history: start tracking on the first drill-down, then add the current point

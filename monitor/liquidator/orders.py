@@ -14,6 +14,7 @@ from monitor.errors import BadEvent
 
 ACTIONABLE = ("forced_liquidation", "call_expired")
 SIDES = ("sell", "buy_to_cover")
+CASH_REPAYMENT = "cash_repayment"  # the `kind` and `side` of the plan's first instruction
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,17 @@ def check_plan(plan: Any) -> dict:
         for k in ("price", "value"):
             if isinstance(o.get(k), bool) or not isinstance(o.get(k), (int, float)):
                 raise BadEvent(f"plan: bad {k} in {o!r}"[:200])
+    for k in ("cash_repayment", "interest_repaid", "principal_repaid"):
+        x = plan.get(k)
+        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))
+                              or not x >= 0 or x == float("inf")):
+            raise BadEvent(f"plan: bad {k} {x!r}"[:200])
     return plan
+
+
+def cash_repayment(plan: dict) -> float:
+    """Yuan the plan repays from free cash before its orders (0 when none)."""
+    return float(plan.get("cash_repayment") or 0.0)
 
 
 def plan_age_s(plan: dict, now_ns: int | None = None) -> float:
@@ -123,9 +134,17 @@ def order_id(event_id: str, row: int) -> str:
 
 def build_orders(event: dict, plan: dict, reason: str, ts_ns: int | None = None,
                  approved_by: str | None = None) -> list[dict]:
-    """One order object per plan row (see docs/liquidation.md, "Orders")."""
+    """One order object per plan row (see docs/liquidation.md, "Orders"); a plan with a cash
+    repayment (free cash first, margin-rules.md §4) starts with it: row 0, `kind` and `side`
+    `cash_repayment`, `value` the yuan to repay (`interest` first, then `principal`)."""
     ts = time.time_ns() if ts_ns is None else ts_ns
-    rows = plan["orders"]
+    rows = list(plan["orders"])
+    repay = cash_repayment(plan)
+    if repay > 0:
+        rows.insert(0, {"kind": CASH_REPAYMENT, "symbol": None, "side": CASH_REPAYMENT,
+                        "qty": 0, "price": None, "value": repay,
+                        "interest": float(plan.get("interest_repaid") or 0.0),
+                        "principal": float(plan.get("principal_repaid", repay) or 0.0)})
     # a re-priced plan carries the account's figures now; else they are the trigger's
     shortfall = plan.get("shortfall", event.get("shortfall", 0.0)) or 0.0
     status = plan.get("liquidation_status", event.get("liquidation_status"))
@@ -135,6 +154,7 @@ def build_orders(event: dict, plan: dict, reason: str, ts_ns: int | None = None,
             "order_id": order_id(event["event_id"], i),
             "event_id": event["event_id"],
             "account_id": event["account_id"],
+            "kind": o.get("kind", "order"),
             "symbol": o["symbol"],
             "side": o["side"],
             "qty": int(o["qty"]),
@@ -151,6 +171,9 @@ def build_orders(event: dict, plan: dict, reason: str, ts_ns: int | None = None,
             "liquidation_status": status,
             "shortfall": shortfall,
         }
+        if o.get("kind") == CASH_REPAYMENT:
+            order["interest"] = o["interest"]
+            order["principal"] = o["principal"]
         if approved_by is not None:
             order["approved_by"] = approved_by
         out.append(order)

@@ -25,7 +25,13 @@ import orjson
 from monitor.liquidator.commit import Outcomes
 from monitor.liquidator.context import Job, WorkerContext
 from monitor.liquidator.hooks import Hook, HookError, PermanentHookError
-from monitor.liquidator.orders import BadEvent, build_orders, check_event, plan_age_s
+from monitor.liquidator.orders import (
+    BadEvent,
+    build_orders,
+    cash_repayment,
+    check_event,
+    plan_age_s,
+)
 from monitor.liquidator.repricer import PermanentRepriceError, RepriceError, Repricer
 
 log = logging.getLogger("monitor.liquidator")
@@ -234,7 +240,7 @@ class Policy:
                     await self._uncooldown(acct, eid)
                     await self.outcomes.park(job, "stale_plan")
                     return
-            if not plan["orders"]:
+            if not plan["orders"] and not cash_repayment(plan) > 0:
                 await self._uncooldown(acct, eid)
                 residual = plan.get("residual") or 0
                 if residual > 0:

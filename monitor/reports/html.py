@@ -151,8 +151,13 @@ def account_html(st: dict) -> str:
 
 
 def _orders(plan: dict | None) -> str:
-    return "<br>".join(f'{escape(o["side"])} {o["qty"]:,} {escape(o["symbol"])} @ '
-                       f'{_y(o["price"])}' for o in (plan or {}).get("orders", []))
+    """The plan's instructions: the cash repayment from free cash first, then the orders."""
+    plan = plan or {}
+    lines = [f'{escape(o["side"])} {o["qty"]:,} {escape(o["symbol"])} @ {_y(o["price"])}'
+             for o in plan.get("orders", [])]
+    if (plan.get("cash_repayment") or 0) > 0:
+        lines.insert(0, f'cash repayment {_y(plan["cash_repayment"])}')
+    return "<br>".join(lines)
 
 
 def _none() -> str:

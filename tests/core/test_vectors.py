@@ -20,7 +20,14 @@ from monitor.book.load import book_from_dict
 from monitor.core.state import MarginState, PlanCosts
 
 VECTORS = load_vectors()
+# example_plan / without_cash: the plan when the profile turns use_free_cash off;
+# cash_first: the default plan (margin-rules.md §4 free cash first)
 PLAN_VECTORS = [v for v in VECTORS if "example_plan" in v["expected"]]
+CASH_FIRST = [v for v in VECTORS if "cash_first" in v or "cash_first" in v["expected"]]
+
+
+def cash_first(v: dict) -> dict:
+    return v.get("cash_first") or v["expected"]["cash_first"]
 
 
 def dec(x) -> D | None:
@@ -88,10 +95,12 @@ def test_reference_matches_the_vector(vector):
     if "shortfall_if_fully_liquidated" in e:
         assert r["shortfall"] == D(e["shortfall_if_fully_liquidated"])
     if "example_plan" in e:
+        r = rb.evaluate(doc["accounts"][0], use_free_cash=False)
         got = [(o["symbol"], o["side"], o["qty"]) for o in r["plan"]]
         assert got == [(o["symbol"], o["side"], o["qty"]) for o in e["example_plan"]]
         assert ref.pct(r["assets_after"], r["liabilities_after"]) == D(
             e["example_plan_ratio_pct_after"])
+        assert r["cash_repayment"] == 0
 
 
 def test_bulk_kernels_match_the_vector(vector):
@@ -109,8 +118,9 @@ def test_bulk_kernels_match_the_vector(vector):
 
 @pytest.mark.parametrize("v", PLAN_VECTORS, ids=[v["id"] for v in PLAN_VECTORS])
 def test_example_plan_is_reproduced_exactly(v):
+    """use_free_cash off: the vector's example_plan."""
     e = v["expected"]
-    st = MarginState(book_from_dict(book_from_vector(v)))
+    st = MarginState(book_from_dict(book_from_vector(v, use_free_cash=False)))
     orders, ratio_after, residual = st.plan(0)
     assert [(o["symbol"], o["side"], o["qty"]) for o in orders] == [
         (o["symbol"], o["side"], o["qty"]) for o in e["example_plan"]]
@@ -130,11 +140,57 @@ def test_example_plan_is_reproduced_exactly(v):
     A2, L2 = reevaluate(doc, doc["accounts"][0], orders)
     assert ref.pct(A2, L2) == D(e["example_plan_ratio_pct_after"])
     assert ratio_after == round(float(A2 / L2), 6)
+    assert st.plan_detail(0)["cash_repayment"] == 0.0
+
+
+@pytest.mark.parametrize("v", CASH_FIRST, ids=[v["id"] for v in CASH_FIRST])
+def test_cash_first_plan_is_reproduced_exactly(v):
+    """The default (use_free_cash on): free cash repays interest, then principal, then the
+    orders size on what is left (TV1, TV10-TV12), in the kernel and in the reference."""
+    c = cash_first(v)
+    doc = book_from_vector(v)
+    st = MarginState(book_from_dict(doc))
+    d = st.plan_detail(0)
+    want = [(o["symbol"], o["side"], o["qty"]) for o in c["plan"]]
+    assert [(o["symbol"], o["side"], o["qty"]) for o in d["orders"]] == want
+    assert dec(d["cash_repayment"]) == D(c["cash_repayment"])
+    assert dec(d["interest_repaid"]) == D(c["interest_repaid"])
+    assert dec(d["principal_repaid"]) == D(c["principal_repaid"])
+    assert (dec(d["ratio_after"]) * 100).quantize(D("0.01")) == D(c["ratio_pct_after"])
+    assert d["residual"] == 0.0
+    r = ref.RefBook(doc).evaluate(doc["accounts"][0])
+    assert [(o["symbol"], o["side"], o["qty"]) for o in r["plan"]] == want
+    assert (r["cash_repayment"], r["interest_repaid"], r["principal_repaid"]) == (
+        D(c["cash_repayment"]), D(c["interest_repaid"]), D(c["principal_repaid"]))
+    assert ref.pct(r["assets_after"], r["liabilities_after"]) == D(c["ratio_pct_after"])
+    # the repayment then the orders, applied from scratch, leave the reported ratio
+    A2, L2 = reevaluate(doc, after_repayment(doc["accounts"][0], d), d["orders"])
+    assert ref.pct(A2, L2) == D(c["ratio_pct_after"])
+    assert d["ratio_after"] == round(float(A2 / L2), 6)
+    # the value used (repayment plus orders) exceeds x* by less than one lot of the last order
+    x = D(v["expected"]["liquidation_value_to_150"])
+    used = D(c["cash_repayment"]) + sum(dec(o["value"]) for o in d["orders"])
+    last = d["orders"][-1]
+    assert x <= used < x + 100 * dec(last["price"])
+
+
+def test_without_cash_is_the_example_plan_with_free_cash_off():
+    """TV10: today 6,000 shares are sold; with the cash, 1,000."""
+    v = next(v for v in VECTORS if v["id"] == "TV10")
+    off = MarginState(book_from_dict(book_from_vector(v, use_free_cash=False))).plan_detail(0)
+    assert [(o["symbol"], o["qty"]) for o in off["orders"]] == [
+        (o["symbol"], o["qty"]) for o in v["without_cash"]["plan"]]
+    assert off["cash_repayment"] == 0.0
+    assert (dec(off["ratio_after"]) * 100).quantize(D("0.01")) == D(
+        v["without_cash"]["ratio_pct_after"])
+    on = MarginState(book_from_dict(book_from_vector(v))).plan_detail(0)
+    assert [(o["symbol"], o["qty"]) for o in on["orders"]] == [("S5", 1000)]
+    assert on["cash_repayment"] == 50000.0
 
 
 def test_unreachable_vector_liquidates_everything_and_reports_the_shortfall():
     v = next(v for v in VECTORS if v["id"] == "TV8")
-    st = MarginState(book_from_dict(book_from_vector(v)))
+    st = MarginState(book_from_dict(book_from_vector(v, use_free_cash=False)))
     orders, ratio_after, residual = st.plan(0)
     held = {p["symbol"]: p["qty"] for p in v["positions"] if p.get("sellable", True)}
     assert {o["symbol"]: o["qty"] for o in orders} == held
@@ -145,6 +201,14 @@ def test_unreachable_vector_liquidates_everything_and_reports_the_shortfall():
     doc = book_from_vector(v)
     assert reevaluate(doc, doc["accounts"][0], orders) == (D(2000), D(58000))
     assert dec(residual) == D(v["expected"]["shortfall_if_fully_liquidated"])
+    # free cash first (the default): the 2000 of cash repays interest before the sale, the
+    # shortfall is the same, and nothing is left in the account
+    d = MarginState(book_from_dict(doc)).plan_detail(0)
+    assert {o["symbol"]: o["qty"] for o in d["orders"]} == held
+    assert (d["cash_repayment"], d["interest_repaid"], d["principal_repaid"]) == (
+        2000.0, 2000.0, 0.0)
+    assert d["ratio_after"] == 0.0
+    assert dec(d["residual"]) == D(v["expected"]["shortfall_if_fully_liquidated"])
     f = st.figures(0)
     # cure amounts are reported for every account that needs a cure, unreachable ones too
     assert dec(f["cure"]["deposit"]) == D("1.5") * 508000 - 452000
@@ -222,14 +286,18 @@ def test_vectors_through_one_book():
         accounts.append({**a, "positions": [{**p, "symbol": rename[p["symbol"]]}
                                             for p in a["positions"]]})
     st = MarginState(book_from_dict({"securities": list(secs.values()), "accounts": accounts}))
+    off = MarginState(book_from_dict({"securities": list(secs.values()), "accounts": accounts,
+                                      "profiles": {"default": {"use_free_cash": False}}}))
     for i, v in enumerate(VECTORS):
         f = st.figures(i)
         assert f["account_id"] == v["id"]
         assert dec(f["assets"]) == D(v["expected"]["assets"])
         assert f["tier"] == v["expected"]["tier"]
         if "example_plan" in v["expected"]:
-            assert [o["qty"] for o in st.plan(i)[0]] == [
+            assert [o["qty"] for o in off.plan(i)[0]] == [
                 o["qty"] for o in v["expected"]["example_plan"]]
+        if v in CASH_FIRST:
+            assert [o["qty"] for o in st.plan(i)[0]] == [o["qty"] for o in cash_first(v)["plan"]]
     assert np.all(st.liabilities() >= 0)
 
 
@@ -283,6 +351,28 @@ def reevaluate(doc: dict, acct: dict, orders: list, sell_cost="0", buy_cost="0")
     return m["assets"], m["liabilities"]
 
 
+def after_repayment(acct: dict, d: dict) -> dict:
+    """The account after a plan's cash repayment: cash less it, accrued interest less the
+    interest repaid, financed principal less the principal repaid (in position order).
+    Amounts as reported (floats) or exact (Decimal)."""
+
+    def dec(x):
+        return x if isinstance(x, D) else D(repr(float(x)))
+
+    acct = copy.deepcopy(acct)
+    acct["cash"] = str(ref.dec(acct["cash"]) - dec(d["cash_repayment"]))
+    acct["accrued_interest_fees"] = str(ref.dec(acct.get("accrued_interest_fees") or 0)
+                                        - dec(d["interest_repaid"]))
+    left = dec(d["principal_repaid"])
+    for p in acct["positions"]:
+        if p["kind"] == "financed" and left:
+            part = min(left, ref.dec(p["financed_cost"]))
+            p["financed_cost"] = str(ref.dec(p["financed_cost"]) - part)
+            left -= part
+    assert left == 0
+    return acct
+
+
 def one_account(cash, positions, securities, accrued="0"):
     return {"securities": securities,
             "accounts": [{"account_id": "X", "cash": cash, "accrued_interest_fees": accrued,
@@ -308,8 +398,10 @@ def checked_plan(doc, costs=None):
     evaluation of the account after the orders fill (and against the reference's plan)."""
     sell, buy = costs or (0.0, 0.0)
     st = MarginState(book_from_dict(doc), costs=PlanCosts(sell=sell, buy=buy))
-    orders, ratio_after, residual = st.plan(0)
-    A2, L2 = reevaluate(doc, doc["accounts"][0], orders, repr(sell), repr(buy))
+    d = st.plan_detail(0)
+    orders, ratio_after, residual = d["orders"], d["ratio_after"], d["residual"]
+    A2, L2 = reevaluate(doc, after_repayment(doc["accounts"][0], d), orders, repr(sell),
+                        repr(buy))
     assert ratio_after == round(float(A2 / L2), 6)
     r = ref.RefBook(doc).evaluate(doc["accounts"][0], sell_cost=repr(sell), buy_cost=repr(buy))
     assert [(o["symbol"], o["side"], o["qty"]) for o in orders] == [
@@ -337,12 +429,14 @@ def test_selling_collateral_with_nothing_to_repay_is_skipped_and_the_shorts_cove
 
 def test_collateral_is_sold_when_a_later_cover_needs_the_cash():
     """As (a) but with cash 10000 and collateral 20000 at 10: R = 210000/150000. Covering
-    30000 reaches 1.50 but needs 20000 more cash than the account has, so 20000 of collateral
-    is sold first (the proceeds sit as cash), then the short is covered with it."""
+    30000 reaches 1.50 but needs 20000 more cash than the account has. The short is flat, so
+    the strict walk covers only what the cash pays (400 shares, the lot past it overdrawing
+    the least); nothing else reaches the target, so the funded walk then sells 20000 of
+    collateral and covers the rest with it (rows merge per symbol and side)."""
     doc = one_account("10000", [coll("600000.SH", 20000), short("600001.SH", 5000, "150000")],
                       SECS)
     orders, A2, L2, residual = checked_plan(doc)
-    assert orders == [("600000.SH", "sell", 2000), ("600001.SH", "buy_to_cover", 1000)]
+    assert orders == [("600001.SH", "buy_to_cover", 1000), ("600000.SH", "sell", 2000)]
     assert (A2, L2) == (D(180000), D(120000)) and residual == 0.0
 
 
@@ -393,7 +487,7 @@ def test_a_sale_repays_interest_then_principal_not_with_the_cash_already_there()
     """TV1's account: the proceeds of 4400 S2 (26400) repay I (2000) and 24400 of F; the 20000
     of cash already in the account stays cash."""
     v = next(v for v in VECTORS if v["id"] == "TV1")
-    doc = book_from_vector(v)
+    doc = book_from_vector(v, use_free_cash=False)
     orders, A2, L2, _ = checked_plan(doc)
     assert orders == [("S2", "sell", 4400)]
     assert (A2, L2) == (D(413600), D(275600))

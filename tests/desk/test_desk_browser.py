@@ -134,7 +134,7 @@ def evaluate_at(tables: dict, price: np.ndarray, out: Path) -> dict[str, dict]:
     moved = dict(tables, securities=sec.set_column(sec.schema.get_field_index("price"),
                                                    "price", col))
     synthbook.write_book(moved, out)
-    res = subprocess.run([sys.executable, "-m", "monitor.cli", "evaluate", str(out)],
+    res = subprocess.run([sys.executable, "-m", "monitor.cli", "evaluate", str(out), "--plan"],
                          capture_output=True, check=True, cwd=ROOT)
     return {r["account_id"]: r for r in map(orjson.loads, res.stdout.splitlines())}
 
@@ -218,6 +218,13 @@ def test_risk_desk_in_chromium(desk):
             assert float(ratio_el.get_attribute("data-ratio")) == expected
             assert ratio_el.inner_text() == f"{expected * 100:.4f}%"
             expect(page.locator("#d-positions tbody tr").first).to_be_visible()
+            # the plan preview: the cash repayment first (free cash first), then the orders
+            plan = evaluated[account]
+            cash_row = page.locator("#d-plan tbody tr.cash-repayment")
+            if plan["plan"] or plan.get("cash_repayment"):
+                expect(page.locator("#d-plan tbody tr")).to_have_count(
+                    len(plan["plan"]) + (1 if plan.get("cash_repayment") else 0))
+                expect(cash_row).to_have_count(1 if plan.get("cash_repayment") else 0)
             page.keyboard.press("Escape")
 
             # -- acknowledge the newest alert; it survives a reload

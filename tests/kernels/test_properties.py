@@ -31,7 +31,7 @@ from kernels.liquidation import plan_account
 from kernels.ratios import collect_changes, next_reported_tier, sweep, sweep_tiers, tier_of
 from monitor.book.load import book_from_dict
 from monitor.book.model import Holdings
-from monitor.core.state import MarginState, PlanCosts
+from monitor.core.state import MarginState, PlanCosts, yuan
 
 SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -81,6 +81,7 @@ def books(draw, max_secs=6, max_accounts=8, at_prev_close=False, min_price_li=10
     if draw(st.booleans()):
         lines = draw(line_sets())
         profiles["p1"] = {k: bp_text(v) for k, v in zip(ref.LINE_NAMES, lines, strict=True)}
+        profiles["p1"]["use_free_cash"] = draw(st.booleans())
     accounts = []
     for a in range(draw(st.integers(1, max_accounts))):
         positions = []
@@ -319,6 +320,9 @@ def scale_doc(doc: dict, k: int) -> dict:
 @settings(SETTINGS, max_examples=50)
 @given(doc=books(at_prev_close=True, min_price_li=1_000), k=st.integers(2, 60))
 def test_scaling_money_and_prices_changes_nothing_that_is_a_ratio(doc, k):
+    # free cash first repays x* rounded up to the li, which does not scale: turned off here
+    doc = dict(doc, profiles={name: dict(p, use_free_cash=False)
+                              for name, p in {"default": {}, **doc["profiles"]}.items()})
     st1 = MarginState(book_from_dict(doc))
     st2 = MarginState(book_from_dict(scale_doc(doc, k)))
     for a in range(st1.book.n_accounts):
@@ -346,7 +350,13 @@ def test_scaling_money_and_prices_changes_nothing_that_is_a_ratio(doc, k):
 
 
 def kernel_plan(state: MarginState, a: int):
-    """The planner's exact result for account `a`: (rows, A after, L after) in money units."""
+    """The planner's exact result for account `a`: (rows, A after, L after, order arrays) in
+    money units."""
+    return kernel_plan_full(state, a)[:4]
+
+
+def kernel_plan_full(state: MarginState, a: int):
+    """`kernel_plan` and the cash repayment (money units)."""
     b = state.book
     target = np.int64(state.lines(a)[u.LINE_TARGET])
     n = max(int(b.pos_ptr[a + 1] - b.pos_ptr[a]), 1)
@@ -356,21 +366,22 @@ def kernel_plan(state: MarginState, a: int):
         sell_blocked[s] = b.suspended[s] or state.price[s] <= state.limit_down[s]
         buy_blocked[s] = b.suspended[s] or state.price[s] >= state.limit_up[s]
     out = [np.zeros(n, dtype=np.int64) for _ in range(4)]
-    rows, A2, L2 = plan_account(a, b.cash[a], b.accrued[a], b.other_debt[a],
-                                b.other_collateral[a], target, b.pos_ptr, b.pos_sec, b.pos_kind,
-                                b.pos_qty, b.pos_cost, state.price, b.prev_close, b.haircut,
-                                b.lot, state.step, sell_blocked, buy_blocked,
-                                float(state.costs.sell), float(state.costs.buy),
-                                state.group_rank, *out)
-    return int(rows), int(A2), int(L2), [x[:rows] for x in out]
+    rows, A2, L2, repaid = plan_account(
+        a, b.cash[a], b.accrued[a], b.other_debt[a], b.other_collateral[a], target, b.pos_ptr,
+        b.pos_sec, b.pos_kind, b.pos_qty, b.pos_cost, state.price, b.prev_close, b.haircut,
+        b.lot, state.step, sell_blocked, buy_blocked, float(state.costs.sell),
+        float(state.costs.buy), state.group_rank, state.use_free_cash(a), *out)
+    return int(rows), int(A2), int(L2), [x[:rows] for x in out], int(repaid)
 
 
-def cash_capacity(doc: dict, acct: dict) -> D:
+def cash_capacity(doc: dict, acct: dict, use_free_cash: bool = True) -> D:
     """How far liquidating tradable positions can cut L on the cash model (no costs), whatever
     the order: every yuan of debt retired needs a yuan to pay it and a debt to take it. Sale
     proceeds can refill negative cash, repay I + F or pay for covers; cash already in the
-    account can only pay for covers (a sale repays from its own proceeds):
-    min(longs + cash⁺, I + F + cash⁻ + shorts, longs + shorts)."""
+    account can pay for covers, and its free part (beyond the short-sale proceeds) repays
+    I + F directly when `use_free_cash` (a sale repays from its own proceeds). The max flow
+    of longs, free cash and the other cash into I + F, cash⁻ and shorts:
+    min(longs + cash⁺, I + F + cash⁻ + shorts, longs + shorts + min(free, I + F))."""
     rb = ref.RefBook(doc)
     price = {s: sec.price for s, sec in rb.securities.items()}
     m = ref.amounts(rb, acct, price)
@@ -383,7 +394,9 @@ def cash_capacity(doc: dict, acct: dict) -> D:
                 longs += p.qty * price[p.symbol]
     cash = m["cash"]
     debt = m["accrued"] + m["financed"]
-    return min(longs + max(cash, D(0)), debt + max(-cash, D(0)) + shorts, longs + shorts)
+    free = max(cash - m["short_proceeds"], D(0)) if use_free_cash else D(0)
+    return min(longs + max(cash, D(0)), debt + max(-cash, D(0)) + shorts,
+               longs + shorts + min(free, debt))
 
 
 def admissible(doc, state, a, acct, sec, side, qty, value):
@@ -412,7 +425,7 @@ def test_plan_ratio_after_is_the_book_after_its_orders(doc, costs, extras):
     """Applying the plan's orders to the account (cash model: proceeds to cash, repaying I then
     F; covers paid from cash) and evaluating it from scratch gives exactly the plan's result.
     Some accounts carry other debt / other collateral (neither is touched by a fill)."""
-    from test_vectors import reevaluate
+    from test_vectors import after_repayment, reevaluate
 
     for acct, (debt, coll) in zip(doc["accounts"], extras, strict=False):
         acct["other_debt"] = yuan_text(debt)
@@ -420,12 +433,18 @@ def test_plan_ratio_after_is_the_book_after_its_orders(doc, costs, extras):
     sell, buy = costs
     state = MarginState(book_from_dict(doc), costs=PlanCosts(sell=sell, buy=buy))
     for a, acct in enumerate(doc["accounts"]):
-        rows, A2, L2, (sec, side, qty, value) = kernel_plan(state, a)
-        orders, ratio_after, _ = state.plan(a)
+        rows, A2, L2, (sec, side, qty, value), repaid = kernel_plan_full(state, a)
+        d = state.plan_detail(a)
+        orders, ratio_after = d["orders"], d["ratio_after"]
         assert [o["qty"] for o in orders] == qty.tolist()
         assert ratio_after == (round(A2 / L2, 6) if L2 > 0 else None)
+        assert d["cash_repayment"] == yuan(repaid)  # reported to the fen
         held = admissible(doc, state, a, acct, sec, side, qty, value)
-        A, L = reevaluate(doc, acct, orders, repr(sell), repr(buy))
+        accrued = int(D(acct["accrued_interest_fees"]) * u.MONEY_SCALE)
+        exact = {"cash_repayment": D(repaid) / u.MONEY_SCALE,
+                 "interest_repaid": D(min(repaid, accrued)) / u.MONEY_SCALE,
+                 "principal_repaid": D(repaid - min(repaid, accrued)) / u.MONEY_SCALE}
+        A, L = reevaluate(doc, after_repayment(acct, exact), orders, repr(sell), repr(buy))
         # a row of two positions of one symbol and side (collateral and financed, or two
         # shorts) is two fills, each fee rounded up on its own: a li apart per extra position
         merged = len(acct["positions"]) - len(held)
@@ -456,8 +475,8 @@ def test_plan_reaches_the_target_when_capacity_suffices(doc):
         if r["liquidation_status"] == "REQUIRED":
             T = D(target) / u.RATIO_SCALE
             need = (T * r["liabilities"] - r["assets"]) / (T - 1)  # L must fall by this much
-            assert reached == (cash_capacity(doc, acct) >= need), (
-                acct["account_id"], cash_capacity(doc, acct), need)
+            assert reached == (cash_capacity(doc, acct, rb.calls(acct)["use_free_cash"]) >= need), (
+                acct["account_id"], cash_capacity(doc, acct, rb.calls(acct)["use_free_cash"]), need)
         elif L2 > 0:
             for (s, sd), q in held.items():
                 sec_ref = ref.Security(doc["securities"][s])
@@ -492,7 +511,7 @@ def test_plan_with_costs_reaches_the_target_when_capacity_suffices(doc, costs):
                     * rb.securities[p["symbol"]].price * max(cs, cb) * T + D("0.002") * T
                     for p in acct["positions"])
         x = (T * r["liabilities"] - r["assets"] + slack) / (T - k)
-        if cash_capacity(doc, acct) >= x * k:
+        if cash_capacity(doc, acct, rb.calls(acct)["use_free_cash"]) >= x * k:
             assert L2 <= 0 or A2 * u.RATIO_SCALE >= target * L2, (acct["account_id"], A2, L2)
 
 
@@ -509,6 +528,7 @@ def test_plan_without_costs_equals_the_reference(doc):
         assert got == [(o["symbol"], o["side"], o["qty"]) for o in r["plan"]]
         assert D(A2) == r["assets_after"] * u.MONEY_SCALE
         assert D(L2) == r["liabilities_after"] * u.MONEY_SCALE
+        assert D(kernel_plan_full(state, a)[4]) == r["cash_repayment"] * u.MONEY_SCALE
 
 
 # ---------------------------------------------------------------- exactly on a line

@@ -27,6 +27,7 @@ from monitor.book.load import book_from_dict
 from monitor.cli import main as cli_main
 from monitor.core.engine import Engine, EngineConfig
 from monitor.core.state import MarginState
+from monitor.errors import BadEvent
 from monitor.liquidator import (
     ControlError,
     HttpRepricer,
@@ -38,6 +39,7 @@ from monitor.liquidator import (
     verify,
 )
 from monitor.liquidator.hooks import WebhookHook
+from monitor.liquidator.orders import check_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = SAMPLE_BOOK
@@ -53,9 +55,15 @@ ORDERS = "margin:orders"
 
 # ------------------------------------------------------------------------------ helpers
 
-def sample_doc(strict: tuple[str, ...] = ()) -> dict:
+def sample_doc(strict: tuple[str, ...] = (), free_cash: bool = False) -> dict:
+    """The sample book, `strict` accounts in the STRICT profile. `free_cash=False` (these
+    tests' default) turns free cash first off in every profile, so the plans are the vectors'
+    `example_plan`; with it on they are `cash_first` (a cash repayment, then the orders)."""
     doc = json.loads(SAMPLE.read_text())
-    doc["profiles"]["strict"] = STRICT
+    doc["profiles"]["strict"] = dict(STRICT)
+    doc["profiles"].setdefault("default", {})
+    for p in doc["profiles"].values():
+        p["use_free_cash"] = free_cash
     for a in doc["accounts"]:
         if a["account_id"] in strict:
             a["profile"] = "strict"
@@ -302,6 +310,57 @@ async def test_engine_events_reach_the_hook_with_the_vector_plans(redis_fresh, r
                 "reason", "ts"} <= set(o)
         assert o["order_id"] == f"{o['event_id']}-{o['row']}"
         assert done(r, o["event_id"])["order_ids"] == [o["order_id"]]
+
+
+async def test_the_cash_repayment_is_the_first_instruction_of_the_plan(redis_fresh, r):
+    """Free cash first (on in the profile): TV1's plan is a cash repayment of 20,000 (2,000 of
+    interest, 18,000 of principal), then 1,000 S2 (the vector's cash_first); underwater TV8
+    repays 2,000 of interest from its cash, then sells everything. The repayment travels as
+    row 0 (`kind`/`side` cash_repayment), the orders follow with their rows."""
+    doc = sample_doc(free_cash=True)
+    eng = Engine(MarginState(book_from_dict(doc), live=True), EngineConfig(run_id="cash"))
+    t = 1_763_002_800 * 10**9
+    events = eng.start(t)
+    events += eng.apply_account_event({"type": "profile", "account_id": "C-TV1",
+                                       "profile": "strict"}, t)
+    publish(r, *[e for e in events if e["account_id"] in ("C-TV1", "C-TV8")])
+    w = await run_worker(cfg_for(redis_fresh.url, hook=f"redis:{ORDERS}",
+                                 max_plan_age=100 * 365 * 86400.0))
+    assert w.stats["sent"] == 2 and pending_count(r) == 0
+    got: dict[str, list[dict]] = {}
+    for o in orders_in(r):
+        got.setdefault(o["account_id"], []).append(o)
+    vec = next(v for v in VECTORS if v["id"] == "TV1")["expected"]["cash_first"]
+    cash, *orders = got["C-TV1"]
+    assert (cash["kind"], cash["side"], cash["symbol"], cash["qty"]) == (
+        "cash_repayment", "cash_repayment", None, 0)
+    assert (cash["value"], cash["interest"], cash["principal"]) == (
+        float(vec["cash_repayment"]), float(vec["interest_repaid"]),
+        float(vec["principal_repaid"]))
+    assert [(o["kind"], o["side"], o["qty"]) for o in orders] == [
+        ("order", o["side"], o["qty"]) for o in vec["plan"]]
+    assert f"{cash['ratio_after'] * 100:.2f}" == vec["ratio_pct_after"]
+    assert [(o["row"], o["rows"]) for o in got["C-TV1"]] == [(0, 2), (1, 2)]
+    assert [o["order_id"] for o in got["C-TV1"]] == [
+        f"{cash['event_id']}-0", f"{cash['event_id']}-1"]
+    cash8, sale8 = got["C-TV8"]
+    assert (cash8["side"], cash8["value"], cash8["interest"]) == ("cash_repayment", 2000.0,
+                                                                  2000.0)
+    assert (sale8["qty"], sale8["shortfall"], sale8["residual"]) == (50_000, 56000.0, 56000.0)
+    assert done(r, cash["event_id"])["order_ids"] == [o["order_id"] for o in got["C-TV1"]]
+
+
+def test_a_plan_of_only_a_cash_repayment_is_sent():
+    ev = fl_event("run-c", "A1")
+    ev["plan"].update(orders=[], cash_repayment=1234.5, interest_repaid=34.5,
+                      principal_repaid=1200.0)
+    (o,) = build_orders(ev, ev["plan"], "forced_liquidation", ts_ns=1)
+    assert (o["order_id"], o["kind"], o["value"], o["interest"], o["principal"]) == (
+        "run-c-0", "cash_repayment", 1234.5, 34.5, 1200.0)
+    check_plan(ev["plan"])
+    for bad in (-1, True, "12", float("nan")):
+        with pytest.raises(BadEvent):
+            check_plan(dict(ev["plan"], cash_repayment=bad))
 
 
 async def test_lifecycle_events_that_need_no_orders_are_acknowledged(redis_fresh, r):

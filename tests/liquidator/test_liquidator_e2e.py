@@ -175,7 +175,9 @@ async def test_fills_come_back_as_account_events_and_the_monitor_reevaluates(
     The liquidator re-prices the plan with the monitor's /api/account and sends it; the
     broker's fills go to the monitor's --events stream; the monitor applies them, the account
     leaves FORCED_LIQUIDATION and the margin call is cured; a repeated fill is refused as a
-    duplicate; a fresh plan is now empty."""
+    duplicate; a fresh plan is now empty. Free cash first (the sample's default profile): the
+    plan's first instruction repays 50,000 of free cash (cash 250,000 less 200,000 of short-sale
+    proceeds), reported back as a cash repayment; then 6,500 shares are covered, not 10,000."""
     url, port = redis_fresh.url, live_monitor
     r = redis.Redis.from_url(url)
     wait_for_alert(r, lambda e: e["account_id"] == "C-TV2" and e["kind"] == "CALL_ISSUED")
@@ -183,15 +185,18 @@ async def test_fills_come_back_as_account_events_and_the_monitor_reevaluates(
                                          "ts": time.time_ns()})})
     fl = wait_for_alert(r, lambda e: e["account_id"] == "C-TV2"
                         and e.get("tier") == "FORCED_LIQUIDATION")
-    expected = [("300750.SZ", "buy_to_cover", 10000, 31.0), ("000001.SZ", "sell", 15000, 9.0)]
+    expected = [("300750.SZ", "buy_to_cover", 6500, 31.0), ("000001.SZ", "sell", 15000, 9.0)]
     assert [(o["symbol"], o["side"], o["qty"], o["price"]) for o in fl["plan"]["orders"]] \
         == expected
+    assert (fl["plan"]["cash_repayment"], fl["plan"]["interest_repaid"]) == (50000.0, 5000.0)
     monitor = f"http://127.0.0.1:{port}"
     cfg = cfg_for(url, hook=f"redis:{ORDERS}", max_plan_age=0.0, repricer=monitor,
                   repricer_token=TOKEN, cooldown=30.0)
     w = await run_worker(cfg)
     assert w.stats["repriced"] == 2  # and TV8's, underwater since the start
-    orders = [o for o in orders_in(r) if o["account_id"] == "C-TV2"]
+    cash, *orders = [o for o in orders_in(r) if o["account_id"] == "C-TV2"]
+    assert (cash["kind"], cash["value"], cash["row"], cash["rows"]) == (
+        "cash_repayment", 50000.0, 0, 3)
     assert [(o["symbol"], o["side"], o["qty"], o["price"]) for o in orders] == expected
     assert {o["event_id"] for o in orders} == {fl["event_id"]}
     assert orders[0]["priced_ns"] >= fl["plan"]["priced_ns"]  # the monitor's fresh pricing
@@ -201,6 +206,9 @@ async def test_fills_come_back_as_account_events_and_the_monitor_reevaluates(
               "symbol": o["symbol"],
               "side": "buy_to_cover" if o["side"] == "buy_to_cover" else "sell_to_repay",
               "qty": o["qty"], "price": o["price"], "ts": time.time_ns()} for o in orders]
+    r.xadd("acct", {"data": json.dumps({"type": "repayment", "event_id": cash["order_id"],
+                                        "account_id": "C-TV2", "source": "cash",
+                                        "amount": str(cash["value"]), "ts": time.time_ns()})})
     for f in fills:
         r.xadd("acct", {"data": json.dumps(f)})
     out = wait_for_alert(r, lambda e: e["account_id"] == "C-TV2" and e["kind"] == "TIER_CHANGE"
@@ -219,4 +227,5 @@ async def test_fills_come_back_as_account_events_and_the_monitor_reevaluates(
     plan = await HttpRepricer(monitor, TOKEN).reprice({"account_id": "C-TV2"})
     assert plan["orders"] == [] and plan["liquidation_status"] == "NOT_REQUIRED"
     w = await run_worker(cfg)  # leaving FORCED_LIQUIDATION, the cure: no order
-    assert len(orders_in(r)) == 3 and pending_count(r) == 0 and w.stats["ignored"] >= 2
+    # TV2's three instructions, TV8's two (its 2,000 of cash repays interest, then it sells)
+    assert len(orders_in(r)) == 5 and pending_count(r) == 0 and w.stats["ignored"] >= 2

@@ -764,14 +764,24 @@
       el("td", { text: p.cost === null ? "–" : money0(p.cost) }),
       el("td", { class: p.pnl === null ? "" : p.pnl < 0 ? "worse" : "better", text: p.pnl === null ? "–" : money0(p.pnl) })))));
     body.push(el("div", { class: "sec" }, "Positions", el("span", { class: "muted", text: `${r.positions.length}` })), pt);
-    // plan
+    // plan: free cash first (the cash repayment), then the orders
+    const cashRepay = r.plan.cash_repayment || 0;
+    const planned = r.plan.orders.length || cashRepay > 0;
     body.push(el("div", { class: "sec" }, "Liquidation plan preview",
-      el("span", { class: "muted", text: r.plan.orders.length ? `ratio after ${pct(r.plan.ratio_after)}` + (r.plan.residual ? ` · residual ${money0(r.plan.residual)}` : "") : "nothing to liquidate" })));
-    if (r.plan.orders.length) {
+      el("span", { class: "muted", text: planned ? `ratio after ${pct(r.plan.ratio_after)}` + (r.plan.residual ? ` · residual ${money0(r.plan.residual)}` : "") : "nothing to liquidate" })));
+    if (planned) {
+      const steps = [];
+      if (cashRepay > 0) {
+        steps.push(el("tr", { class: "cash-repayment" }, el("td", { class: "l muted", text: 1 }),
+          el("td", { class: "l txt muted", text: "free cash" }),
+          el("td", { class: "l txt", text: `cash repayment (interest ${money0(r.plan.interest_repaid || 0)}, principal ${money0(r.plan.principal_repaid || 0)})` }),
+          el("td", { text: "–" }), el("td", { text: "–" }), el("td", { text: money0(cashRepay) })));
+      }
+      const first = steps.length + 1;
       body.push(el("table", { class: "grid-t", id: "d-plan" }, el("thead", null, el("tr", null,
         el("th", { class: "l", text: "#" }), el("th", { class: "l", text: "Symbol" }), el("th", { class: "l", text: "Side" }),
         el("th", { text: "Qty" }), el("th", { text: "Price" }), el("th", { text: "Value" }))),
-        el("tbody", null, ...r.plan.orders.map((o, i) => el("tr", null, el("td", { class: "l muted", text: i + 1 }),
+        el("tbody", null, ...steps, ...r.plan.orders.map((o, i) => el("tr", null, el("td", { class: "l muted", text: i + first }),
           el("td", { class: "l", text: o.symbol }), el("td", { class: "l txt", text: o.side.replaceAll("_", " ") }),
           el("td", { text: int(o.qty) }), el("td", { text: money(o.price) }), el("td", { text: money0(o.value) }))))));
     }

@@ -25,7 +25,13 @@ import orjson
 from monitor.liquidator.commit import Outcomes
 from monitor.liquidator.context import Job, WorkerContext
 from monitor.liquidator.hooks import Hook, HookError, PermanentHookError
-from monitor.liquidator.orders import BadEvent, build_orders, check_event, plan_age_s
+from monitor.liquidator.orders import (
+    BadEvent,
+    build_orders,
+    check_event,
+    plan_age_s,
+    plan_mismatch,
+)
 from monitor.liquidator.repricer import PermanentRepriceError, RepriceError, Repricer
 
 log = logging.getLogger("monitor.liquidator")
@@ -46,12 +52,18 @@ class Policy:
     back to intake to be handled again after `delay` seconds."""
 
     def __init__(self, ctx: WorkerContext, outcomes: Outcomes, hook: Hook,
-                 repricer: Repricer | None, defer: Defer):
+                 repricer: Repricer | None, defer: Defer, *, verifier: Any = None,
+                 confirm: bool = False):
+        """`verifier`: the AlertKeys every alert's signature must verify with (None: nothing
+        is verified); `confirm`: re-check each plan with the monitor (the repricer's
+        `account` and `event`) before sending."""
         self.ctx = ctx
         self.outcomes = outcomes
         self.hook = hook
         self.repricer = repricer
         self.defer = defer
+        self.verifier = verifier
+        self.confirm = confirm
         self._refresh: Any = None
         self._release: Any = None
 
@@ -90,6 +102,15 @@ class Policy:
     async def _on_alert(self, entry_id: bytes, fields: dict, force_reprice: bool) -> None:
         r = self.ctx.client
         raw = fields.get(b"data")
+        if self.verifier is not None:
+            bad = self.verifier.verify(raw, fields.get(b"sig"), fields.get(b"kid"))
+            if bad is not None:  # never acted on, whatever it says
+                self.ctx.stats[f"refused_{bad}"] += 1
+                what = ("carries no signature" if bad == "unsigned" else
+                        "has a signature that does not verify with any key of alert_key_file")
+                await self.outcomes.dead_raw(self.ctx.alerts, entry_id, fields,
+                                             f"{bad}: the alert {what}; not acted on", code=bad)
+                return
         try:
             event = orjson.loads(raw) if raw is not None else None
             reason = check_event(event)
@@ -245,6 +266,8 @@ class Policy:
                     await self.outcomes.commit(job, "not_required", [],
                                        detail={"ratio_after": plan.get("ratio_after")})
                 return
+            if self.confirm and not await self._confirm(job, plan, repriced=stale):
+                return
             by = job.approval.get("decided_by") if job.approval else None
             orders = build_orders(job.event, plan, job.reason, approved_by=by)
             attempt = {"orders": orders, "consumer": self.ctx.consumer, "ts": time.time_ns()}
@@ -279,6 +302,50 @@ class Policy:
         await self._uncooldown(job.account_id, job.event_id)
         await self.outcomes.dead_letter(job, [], f"re-pricing failed: {last}")
         return None
+
+    async def _confirm(self, job: Job, plan: dict, repriced: bool) -> bool:
+        """The plan re-check (confirm_plans): ask the monitor for the account now (and, for a
+        plan taken from the event, for the event as it published it); a plan that trades
+        shares the account does not hold, or that is not the monitor's, is dead-lettered
+        (`plan_mismatch`). True: send it."""
+        c = self.ctx.cfg
+        backoff = self.ctx.backoff()
+        last = ""
+        for n in range(1, c.max_attempts + 1):
+            try:
+                doc = await self.repricer.account(job.account_id)
+                mon_ev = None if repriced else await self.repricer.event(job.event_id)
+                break
+            except PermanentRepriceError as e:  # the monitor does not know the account
+                doc, mon_ev = {"account_id": job.account_id, "positions": []}, None
+                last = str(e)
+                break
+            except RepriceError as e:
+                last = str(e)
+                self.ctx.stats["confirm_failures"] += 1
+                log.warning("liquidator: re-checking %s (account %s) with the monitor failed "
+                            "(attempt %d/%d): %s", job.event_id, job.account_id, n,
+                            c.max_attempts, last)
+            if n < c.max_attempts:
+                self.ctx.stats["retries"] += 1
+                await self.ctx.sleep(backoff.next())
+                if self.ctx.stopping:
+                    return False  # left pending: another worker or the next run goes on
+        else:
+            await self._uncooldown(job.account_id, job.event_id)
+            await self.outcomes.dead_letter(
+                job, [], f"confirm_failed: the plan could not be re-checked with the monitor: "
+                         f"{last}", code="confirm_failed")
+            return False
+        problem = plan_mismatch(plan, doc, mon_ev, job.event, check_origin=not repriced)
+        if problem is None:
+            self.ctx.stats["confirmed"] += 1
+            return True
+        self.ctx.stats["refused_plan_mismatch"] += 1
+        await self._uncooldown(job.account_id, job.event_id)
+        await self.outcomes.dead_letter(job, [], f"plan_mismatch: {problem}"
+                                        + (f" ({last})" if last else ""), code="plan_mismatch")
+        return False
 
     async def _send(self, job: Job, orders: list[dict], resumed: bool) -> None:
         c = self.ctx.cfg

@@ -319,9 +319,10 @@ class RedisOutbox:
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until every event published so far (and the latest summary), and any backlog
         recovered from a previous run's spill file, is acknowledged by Redis. Needs a running
-        :meth:`run`. Returns False if ``timeout`` (seconds) elapsed first."""
+        :meth:`run`. Returns False if ``timeout`` (seconds) elapsed first. A delivered spill
+        file is removed (by the delivery task, in a thread) before it returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._has_work() or not self._recovered:
+        while self._has_work() or not self._recovered or self._spill_written:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)

@@ -1,11 +1,15 @@
 """Policy: what a stream entry means and how its plan is delivered.
 
-An alert that is not a FORCED_LIQUIDATION or CALL_EXPIRED trigger is acknowledged and left; one
-already done is acknowledged; otherwise the event's profile mode says notify, park for approval,
+With the monitor's alert keys, an alert whose signature is missing or wrong is dead-lettered
+first (`unsigned`, `bad_signature`), whatever it says. An alert that is not a
+FORCED_LIQUIDATION or CALL_EXPIRED trigger is acknowledged and left; one already done is
+acknowledged; otherwise the event's profile mode says notify, park for approval,
 or deliver. Delivery takes the event's lock, freezes the orders on the first attempt (every later
 attempt sends the identical orders), applies the account's cool-down, re-prices a stale plan,
-waits for the next trading session when the plan was made outside one, the global rate limit and
-the kill switch, then hands the orders to the hook with retries. Reading entries is intake.py's
+waits for the next trading session when the plan was made outside one, re-checks the plan with
+the monitor (`confirm_plans`: dead-lettered as `plan_mismatch` when the account does not hold
+what it trades or the monitor did not publish it), the global rate limit and the kill switch,
+then hands the orders to the hook with retries. Reading entries is intake.py's
 job, recording outcomes commit.py's.
 """
 

@@ -168,6 +168,7 @@ def _run(args) -> int:
             "tls_cert": args.tls_cert, "tls_key": args.tls_key,
             "pretrade_listen": args.pretrade_listen, "shard": args.shard,
             "redis_cluster": True if args.redis_cluster else None,
+            "alert_key_file": args.alert_key_file,
             "until_feed_ends": True if args.until_feed_ends else None})
         if not cfg.book:
             raise ConfigError("no book: give --book PATH or `book` in the config file")
@@ -178,6 +179,9 @@ def _run(args) -> int:
         PatternConfig.from_dict(cfg.patterns)  # a bad [patterns] table stops here
         _check_credit_settings(cfg)  # a bad [credit] table or pretrade_* setting stops here
         cfg.desk_event_budget  # noqa: B018 - a bad desk_event_bytes stops here
+        for cap in ("pattern_state_bytes", "credit_state_bytes", "audit_queue_bytes"):
+            cfg.byte_cap(cap)
+        cfg.alert_keys()  # a bad alert_key_file (format, permissions) stops here
         cfg.resolve_token()
         tls = cfg.ssl_context() is not None  # bad certificate files stop here
         book = load_book(cfg.book, shard=cfg.shard_spec)
@@ -202,6 +206,9 @@ def _run(args) -> int:
 
 
 def _demo(args) -> int:
+    from pathlib import Path
+
+    from monitor.adapters.signing import write_key_file
     from monitor.app.config import RunConfig
     from monitor.app.demo import private_redis
     from monitor.book import synthetic as synthbook
@@ -212,8 +219,13 @@ def _demo(args) -> int:
           file=sys.stderr)
     tables = synthbook.generate(args.accounts, args.securities, seed=args.seed)
     book = build_book(tables, {k: f"synthetic {k}" for k in tables}, source="synthetic")
+    keydir = Path(args.spill_dir)
+    keydir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_file = keydir / "demo-alert.key"  # a fresh signing key per demo, for the liquidator too
+    write_key_file(key_file)
     cfg = RunConfig(book="(synthetic)", feed=args.feed, listen=args.listen,
-                    until_feed_ends=args.until_feed_ends, spill_dir=args.spill_dir)
+                    until_feed_ends=args.until_feed_ends, spill_dir=args.spill_dir,
+                    alert_key_file=str(key_file))
     cfg.resolve_token()
 
     def banner(mon):
@@ -232,6 +244,8 @@ def _demo(args) -> int:
             f"  token:              {cfg.token}",
             f"  feed:               {cfg.feed} (SIMULATED prices, not market data)",
             f"  {redis_line}",
+            f"  alert signing key:  {key_file} (a liquidator on this stream: "
+            f"--alert-key-file {key_file})",
             "  Ctrl-C stops it.",
             ""]), file=sys.stderr, flush=True)
 
@@ -299,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-cert", help="PEM certificate (chain): serve https:// and wss:// "
                                         "(with --tls-key)")
     run.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    run.add_argument("--alert-key-file", help="sign every alert on the Redis stream with this "
+                                              "HMAC key file (KEY_ID SECRET lines; chmod 600); "
+                                              "unsigned without it")
     run.add_argument("--pretrade-listen", metavar="HOST:PORT",
                      help="also serve POST /api/pretrade with keep-alive connections here "
                           "(off by default; port 0 = any free port; same token)")
@@ -362,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     liq.add_argument("--metrics-listen", metavar="HOST:PORT",
                      help="serve Prometheus /metrics here (loopback only, no token; port 0 = "
                           "any free port, printed; off by default)")
+    liq.add_argument("--alert-key-file",
+                     help="the monitor's alert signing keys (its alert_key_file): unsigned or "
+                          "badly signed alerts are dead-lettered, never acted on")
+    liq.add_argument("--insecure-unsigned-alerts", action="store_true",
+                     help="start without --alert-key-file and act on unsigned alerts")
     liq.add_argument("--log-level")
     liq.set_defaults(func=_liquidation("liquidator"))
 

@@ -7,8 +7,13 @@ liabilities) and puts them on a bounded queue. A background thread turns them in
 (`<audit_dir>/audit-<run_id>.jsonl`, one record per event, format in
 docs/reports-and-audit.md) and appends them; the alert payload itself is not enlarged.
 
-The queue only blocks the tick path when the disk falls `max_batches` cycles behind (counted in
-`stats()["blocked"]`): an audit record is never dropped.
+The queue is bounded by bytes (`audit_queue_bytes`, default 256 MiB: a batch costs its payloads,
+its arrays and ``RECORD_BYTES`` per record): the tick path never waits for the disk. When the
+writer falls that far behind (a stalled or full disk), the **oldest** queued batches are
+dropped, counted in `stats()["dropped"]` (records) and on /metrics, and the writer puts one gap
+line in the file where they would have been (``{"v": 1, "gap": {"records": n, "batches": k,
+"first_seq": …, "last_seq": …}}``), so the hole is visible in the audit file itself and in
+`run-<run_id>.json` (`dropped`). A record is only ever dropped that way, never silently.
 
 `Intraday` keeps each account's intraday minimum ratio: updated from every event's ratio and, on
 the heartbeat, from a whole-book sample every `sample_s` seconds. At shutdown the monitor writes
@@ -19,9 +24,9 @@ prices) plus `intraday.parquet`, and `run-<run_id>.json`; `margin-monitor report
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,7 @@ from monitor.book.synthetic import MONEY, PRICE, RATIO, decimal_text
 log = logging.getLogger("monitor.adapters.audit")
 
 AUDIT_VERSION = 1
+RECORD_BYTES = 512  # per queued record beyond its payload and arrays (dict, list slots)
 
 
 def account_rows(book, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +55,7 @@ def account_rows(book, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class AuditLog:
-    def __init__(self, engine, out_dir: str | Path, *, max_batches: int = 4096,
+    def __init__(self, engine, out_dir: str | Path, *, max_bytes: int = 256 * 2**20,
                  sample_s: float = 5.0):
         self.engine = engine
         self.dir = Path(out_dir)
@@ -58,10 +64,15 @@ class AuditLog:
         self.path = self.dir / f"audit-{self.run_id}.jsonl"
         self.started_ns = time.time_ns()
         self.intraday = Intraday(engine, sample_s)
-        self._q: queue.Queue = queue.Queue(maxsize=max_batches)
+        self.max_bytes = int(max_bytes)
+        self._q: deque = deque()  # (bytes, snap), oldest first; None: stop
+        self._cv = threading.Condition()
+        self.queued_bytes = 0
+        self._gap: dict | None = None  # dropped since the writer last wrote (a gap line)
         self.records = 0
         self.written = 0
-        self.blocked = 0
+        self.dropped = 0  # records dropped from the queue, oldest first (byte cap)
+        self.dropped_batches = 0
         self.errors = 0
         self._thread = threading.Thread(target=self._writer, name="audit-writer", daemon=True)
         self._thread.start()
@@ -94,11 +105,36 @@ class AuditLog:
             "cost": b.pos_cost[rows], "mr": b.pos_margin_ratio[rows], "price": st.price[sec],
         }
         self.records += len(picked)
-        try:
-            self._q.put_nowait(snap)
-        except queue.Full:
-            self.blocked += 1
-            self._q.put(snap)
+        cost = sum(len(r) for r in snap["raw"]) + RECORD_BYTES * len(picked) + sum(
+            v.nbytes for v in snap.values() if isinstance(v, np.ndarray))
+        seqs = [events[i].get("seq") for i, _ in picked]
+        snap["seqs"] = (seqs[0], seqs[-1])
+        with self._cv:
+            self._q.append((cost, snap))
+            self.queued_bytes += cost
+            while self.queued_bytes > self.max_bytes and len(self._q) > 1:
+                self._drop_oldest()
+            self._cv.notify()
+
+    def _drop_oldest(self) -> None:
+        """The oldest queued batch is dropped (the caller holds the lock): counted, and the
+        writer marks the gap in the file."""
+        cost, old = self._q.popleft()
+        self.queued_bytes -= cost
+        n = len(old["raw"])
+        self.dropped += n
+        self.dropped_batches += 1
+        g = self._gap
+        if g is None:
+            g = self._gap = {"records": 0, "batches": 0, "first_seq": old["seqs"][0]}
+        g["records"] += n
+        g["batches"] += 1
+        if old["seqs"][1] is not None:  # a fill record has no seq
+            g["first_seq"] = g["first_seq"] if g["first_seq"] is not None else old["seqs"][0]
+            g["last_seq"] = old["seqs"][1]
+        if self.dropped == n:
+            log.error("audit: the writer is %d bytes behind (audit_queue_bytes); dropping the "
+                      "oldest records (counted, marked in %s)", self.max_bytes, self.path.name)
 
     def record_fill(self, ev: dict, now_ns: int) -> None:
         """An applied fill (for statements: the executed liquidations), as a ``FILL`` record
@@ -107,27 +143,41 @@ class AuditLog:
                 "hold_id", "ts")
         fill = {"kind": "FILL", **{k: ev[k] for k in keep if k in ev}, "ts_published": now_ns}
         self.records += 1
-        try:
-            self._q.put_nowait({"fill": fill})
-        except queue.Full:
-            self.blocked += 1
-            self._q.put({"fill": fill})
+        snap = {"fill": fill, "raw": [b""], "seqs": (None, None)}  # a drop counts one record
+        with self._cv:
+            self._q.append((RECORD_BYTES, snap))
+            self.queued_bytes += RECORD_BYTES
+            while self.queued_bytes > self.max_bytes and len(self._q) > 1:
+                self._drop_oldest()
+            self._cv.notify()
 
     def sample(self, now_ns: int | None = None) -> None:
         """Heartbeat: sample the whole book's ratios into the intraday minimum when due."""
         self.intraday.sample(time.time_ns() if now_ns is None else now_ns)
 
     # ------------------------------------------------------------ writer thread
+    def _take(self):
+        """The next queued batch (blocking), with the gap dropped before it (or None)."""
+        with self._cv:
+            while not self._q:
+                self._cv.wait()
+            cost, snap = self._q.popleft()
+            self.queued_bytes -= cost
+            gap, self._gap = self._gap, None
+            return snap, gap, not self._q
+
     def _writer(self) -> None:
         with self.path.open("ab") as f:
             while True:
-                snap = self._q.get()
-                if snap is None:
-                    f.flush()
-                    return
+                snap, gap, empty = self._take()
                 try:
+                    if gap is not None:
+                        f.write(orjson.dumps({"v": AUDIT_VERSION, "gap": gap}) + b"\n")
+                    if snap is None:
+                        f.flush()
+                        return
                     f.write(b"".join(self._lines(snap)))
-                    if self._q.empty():
+                    if empty:
                         f.flush()
                 except Exception:  # never let one bad record stop the log
                     self.errors += 1
@@ -177,7 +227,9 @@ class AuditLog:
     # ------------------------------------------------------------ end of day
     def close(self, eod: bool = True) -> None:
         """Drain the queue, stop the writer; then the end-of-day snapshot and run record."""
-        self._q.put(None)
+        with self._cv:
+            self._q.append((0, None))
+            self._cv.notify()
         self._thread.join()
         ended = time.time_ns()
         eod_dir = None
@@ -186,14 +238,17 @@ class AuditLog:
             write_eod(self.engine, self.intraday, eod_dir, ended)
         meta = {"run_id": self.run_id, "started_ns": self.started_ns, "ended_ns": ended,
                 "accounts": self.engine.state.book.n_accounts, "audit": self.path.name,
-                "records": self.written, "eod": eod_dir.name if eod_dir else None,
+                "records": self.written, "dropped": self.dropped,
+                "eod": eod_dir.name if eod_dir else None,
                 "intraday_sample_s": self.intraday.sample_s}
         (self.dir / f"run-{self.run_id}.json").write_bytes(
             orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
     def stats(self) -> dict:
-        return {"records": self.records, "written": self.written, "queued": self._q.qsize(),
-                "blocked": self.blocked, "errors": self.errors}
+        return {"records": self.records, "written": self.written, "queued": len(self._q),
+                "queued_bytes": self.queued_bytes, "max_bytes": self.max_bytes,
+                "dropped": self.dropped, "dropped_batches": self.dropped_batches,
+                "errors": self.errors}
 
 
 class Intraday:

@@ -5,7 +5,12 @@ with that cycle's events; each event is encoded once with orjson and appended to
 queue. A single asyncio task, :meth:`RedisOutbox.run`, drains the queue to Redis with one
 non-transactional pipeline per batch::
 
-    XADD <stream> MAXLEN ~ <maxlen> * data <event json>
+    XADD <stream> MAXLEN ~ <maxlen> * data <event json> [sig <hmac> kid <key id>]
+
+With ``signer`` (the keys of ``alert_key_file``, monitor/adapters/signing.py) every entry also
+carries ``sig``, the HMAC-SHA256 of the exact ``data`` bytes, and ``kid``, the key's id; the
+signature is made when the entry is sent (also for events replayed from the spill file, which
+holds only ``data``). Without a signer the entries are unsigned, as before.
 
 Delivery guarantees (while the spill directory is writable)
 ------------------------------------------------------------
@@ -122,6 +127,7 @@ class RedisOutbox:
         backoff_max: float = 5.0,
         redis_options: Mapping[str, Any] | None = None,
         cluster: bool = False,
+        signer: Any = None,
     ) -> None:
         if batch < 1 or max_memory_events < 1:
             raise ValueError("batch and max_memory_events must be >= 1")
@@ -140,6 +146,7 @@ class RedisOutbox:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._redis_options = dict(redis_options or {})
+        self.signer = signer  # AlertKeys (monitor/adapters/signing.py) or None: unsigned
 
         self.spill_dir = Path(spill_dir) if spill_dir is not None else _default_spill_dir()
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", stream)
@@ -314,9 +321,10 @@ class RedisOutbox:
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until every event published so far (and the latest summary), and any backlog
         recovered from a previous run's spill file, is acknowledged by Redis. Needs a running
-        :meth:`run`. Returns False if ``timeout`` (seconds) elapsed first."""
+        :meth:`run`. Returns False if ``timeout`` (seconds) elapsed first. A delivered spill
+        file is removed (by the delivery task, in a thread) before it returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._has_work() or not self._recovered:
+        while self._has_work() or not self._recovered or self._spill_written:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
@@ -485,8 +493,12 @@ class RedisOutbox:
         if not batch and summary is None:
             return True
         pipe = self._client.pipeline(transaction=False)
+        signer = self.signer
         for p in batch:
-            pipe.xadd(self.stream, {b"data": p}, maxlen=self.maxlen, approximate=True)
+            fields = {b"data": p}
+            if signer is not None:
+                fields[b"sig"], fields[b"kid"] = signer.sign(p)
+            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
         if summary is not None:
             if self.summary_ttl:
                 pipe.set(self.summary_key, summary, px=max(1, int(self.summary_ttl * 1000)))

@@ -6,7 +6,9 @@ it and re-announce everything as new.
 
 What (`--state-dir DIR`, `state_dir` in the config; off when not given): every
 `snapshot_interval_s` the runtime copies the engine's state between two cycles, when nothing is
-queued (`Engine.export_state`), plus where it stood in its input streams, and a thread writes:
+queued (`Engine.export_state`, with the credit controls' crossed state: `credit_*` arrays,
+`credit_version` 1; a snapshot without them still loads), plus where it stood in its input
+streams, and a thread writes:
 
     DIR/state-<run>-<seq>-<ns>.npz   the arrays (NumPy, uncompressed, no pickles)
     DIR/snapshot.json                the manifest: format, version, book fingerprint, run_id,

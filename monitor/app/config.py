@@ -14,6 +14,9 @@ stale_feed_unhealthy = true      # ... counting a stale (idle) tick feed as not 
 cycle_stall_s = 10.0             # /healthz 503: ticks waiting this long for a cycle
 listen = "127.0.0.1:8765"        # port 0 picks a free port
 token_file = "secrets/token"     # or MARGIN_MONITOR_TOKEN; one token, or NAME ROLE TOKEN lines
+alert_key_file = "secrets/alert.key"  # optional: sign every alert (HMAC-SHA256; see
+                                 # docs/security.md): KEY_ID SECRET lines, the first signs,
+                                 # chmod 600. Unsigned when not given
 tls_cert = "secrets/cert.pem"    # optional: serve https:// and wss:// (with tls_key)
 tls_key = "secrets/key.pem"
 hysteresis = "0.005"             # 0.5 percentage points
@@ -35,6 +38,9 @@ head_timeout_s = 5.0             # a whole request within this, else closed (slo
 keep_alive_s = 5.0               # an idle kept-alive connection is closed after this
 max_body_bytes = 16384           # POST bodies over this: 413
 desk_event_bytes = 268435456     # the risk desk's memory of recent events (256 MiB)
+pattern_state_bytes = 67108864   # trading-pattern evidence held (64 MiB; docs/reliability.md)
+credit_state_bytes = 67108864    # credit controls' per-account state (64 MiB)
+audit_queue_bytes = 268435456    # audit records waiting for the disk (256 MiB)
 max_tick_skew_s = 5.0            # ticks / account events timed further ahead of now are refused
 redis_cluster = false            # true: every Redis URL is a node of a Redis Cluster
 shard = "0/3"                    # optional: monitor only shard I of N (docs/scale-out.md);
@@ -112,6 +118,9 @@ class RunConfig:
     max_body_bytes: int = 16 * 1024
     tls_cert: str | None = None
     tls_key: str | None = None
+    # HMAC keys of the alert stream (monitor/adapters/signing.py, docs/security.md); unsigned
+    # alerts when unset
+    alert_key_file: str | None = None
     # trading-pattern watch rules ([patterns] table; monitor/patterns.py, reports-and-audit.md)
     patterns: dict = field(default_factory=dict)
     audit_dir: str | None = None  # audit records, intraday minimum, end-of-day snapshot
@@ -126,6 +135,11 @@ class RunConfig:
     liquidator_key_prefix: str = "margin:liq"
     credit: dict = field(default_factory=dict)  # [credit] table: monitor/credit.py CreditConfig
     desk_event_bytes: int = 256 * 2**20  # the risk desk's event memory (docs/risk-desk.md)
+    # byte caps of the in-memory state that grows with the input (docs/reliability.md):
+    # the oldest is dropped first, counted on /metrics
+    pattern_state_bytes: int = 64 * 2**20
+    credit_state_bytes: int = 64 * 2**20
+    audit_queue_bytes: int = 256 * 2**20
     shard: str = ""  # "I/N": monitor only shard I of N (monitor/book/shard.py); "" all
     redis_cluster: bool = False  # every Redis URL is a node of a Redis Cluster
 
@@ -203,6 +217,23 @@ class RunConfig:
             raise ConfigError(f"desk_event_bytes: expected an integer number of bytes >= 1048576 "
                               f"(1 MiB), got {v!r}")
         return v
+
+    def byte_cap(self, name: str) -> int:
+        """`pattern_state_bytes`, `credit_state_bytes` or `audit_queue_bytes`, checked."""
+        v = getattr(self, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 2**16:
+            raise ConfigError(f"{name}: expected an integer number of bytes >= 65536, got "
+                              f"{v!r}")
+        return v
+
+    def alert_keys(self):
+        """The signing keys of `alert_key_file` (monitor/adapters/signing.py), or None (the
+        alerts go out unsigned). ConfigError for a bad file or permissions."""
+        if not self.alert_key_file:
+            return None
+        from monitor.adapters.signing import load_keys
+
+        return load_keys(self.alert_key_file, "alert_key_file")
 
     @property
     def host_port(self) -> tuple[str, int]:

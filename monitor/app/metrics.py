@@ -226,6 +226,21 @@ class StateCollector:
                         "rule", "rule", PATTERN_RULES, p.get("hits"))
         yield _gauge("mm_pattern_tracked", "Keys the trading-pattern watch holds",
                      p.get("tracked"))
+        yield _gauge("mm_pattern_state_bytes", "Bytes of trading-pattern evidence held "
+                     "(capped by pattern_state_bytes)", p.get("bytes"))
+        yield _counter("mm_pattern_dropped_fills", "Fills of evidence dropped, oldest first, "
+                       "to stay under pattern_state_bytes", p.get("dropped_fills"))
+        yield _counter("mm_pattern_dropped_entries", "Evidence entries (rule, account, "
+                       "security) dropped to stay under pattern_state_bytes",
+                       p.get("dropped_entries"))
+        c = s.get("credit") or {}
+        yield _gauge("mm_credit_state_bytes", "Bytes of the credit controls' per-account state "
+                     "(capped by credit_state_bytes)", c.get("state_bytes"))
+        yield _counter("mm_credit_state_dropped", "Over-cap records dropped, oldest first, to "
+                       "stay under credit_state_bytes (re-announced when still over)",
+                       c.get("dropped"))
+        yield _counter("mm_credit_state_recounts", "Financing balances counted afresh to stay "
+                       "under credit_state_bytes (nothing lost)", c.get("recounts"))
         sn = s.get("snapshot")
         if sn is not None:
             yield _counter("mm_snapshots_written", "State snapshots written", sn.get("written"))
@@ -239,6 +254,9 @@ class StateCollector:
             yield _counter("mm_audit_written", "Audit records written", a.get("written"))
             yield _gauge("mm_audit_queued", "Audit records waiting to be written",
                          a.get("queued"))
-            yield _counter("mm_audit_blocked", "Times the audit queue was full",
-                           a.get("blocked"))
+            yield _gauge("mm_audit_queued_bytes", "Bytes of audit records waiting to be "
+                         "written (capped by audit_queue_bytes)", a.get("queued_bytes"))
+            yield _counter("mm_audit_dropped", "Audit records dropped from the queue, oldest "
+                           "first, past audit_queue_bytes (a gap line marks them in the file)",
+                           a.get("dropped"))
             yield _counter("mm_audit_errors", "Audit write errors", a.get("errors"))

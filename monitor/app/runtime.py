@@ -62,6 +62,12 @@ def _not_live_s(state: str, since: int, now: int) -> float:
     return 0.0 if state in ("live", "done", "none") else max(0.0, (now - since) / 1e9)
 
 
+def _capped(config, state_bytes: int):
+    """A credit or pattern config with its byte cap (a top-level setting of the run config)."""
+    config.state_bytes = state_bytes
+    return config
+
+
 class Monitor:
     def __init__(self, cfg: RunConfig, book: Book, *, redis_url: str | None = None,
                  outbox_factory: Callable[..., RedisOutbox] = RedisOutbox):
@@ -82,8 +88,10 @@ class Monitor:
             close_settle_s=cfg.close_settle_s, clock="tape" if self.tape else "ticks",
             max_skew_ns=cfg.max_tick_skew_ns,
             shard=cfg.shard_spec.index if cfg.shard_spec is not None else None),
-            credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
-            patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
+            credit=_capped(CreditConfig.from_dict(cfg.credit),  # [credit] table
+                           cfg.byte_cap("credit_state_bytes")),
+            patterns=_capped(PatternConfig.from_dict(cfg.patterns),  # [patterns] table
+                             cfg.byte_cap("pattern_state_bytes")))
         # the tick guard's bands follow each tick's trading date (kernels/bands.py)
         self.universe = universe_of(book, self.state.bands_for, self.state.bands.day)
         if not cfg.feed:
@@ -366,6 +374,7 @@ class Monitor:
                 "last_error")}
         s["pretrade_holds"] = self.pretrade.holds.stats()
         s["patterns"] = self.engine.patterns.stats()
+        s["credit"] = self.engine.credit.stats()
         if self.snapshots is not None:
             s["snapshot"] = self.snapshots.stats()
         if self.audit is not None:
@@ -484,11 +493,19 @@ class Monitor:
         log.info("kernels ready in %.2fs", time.perf_counter() - t0)
         tokens = self.cfg.resolve_tokens()
         if self.redis_url:
+            keys = self.cfg.alert_keys()  # None: unsigned (docs/security.md)
+            stream = self.cfg.alerts_stream_resolved
             self.outbox = self.outbox_factory(
-                self.redis_url, stream=self.cfg.alerts_stream_resolved,
+                self.redis_url, stream=stream,
                 maxlen=self.cfg.alerts_maxlen, summary_key=self.cfg.summary_key_resolved,
                 summary_ttl=self.cfg.summary_ttl_resolved, spill_dir=self.cfg.spill_dir,
-                cluster=self.cfg.redis_cluster)
+                cluster=self.cfg.redis_cluster, signer=keys)
+            if keys is not None:
+                log.info("alerts on %s are signed (HMAC-SHA256, key id %s)", stream,
+                         keys.signing)
+            else:
+                log.warning("alerts on %s are NOT signed (no alert_key_file): a liquidator "
+                            "that checks signatures refuses them", stream)
         self.desk.store = (RedisAckStore(self.redis_url, cluster=self.cfg.redis_cluster)
                            if self.redis_url
                            else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
@@ -525,7 +542,8 @@ class Monitor:
             tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         tasks.append(asyncio.create_task(self.dead_letters.run(), name="dead-letters"))
         if self.cfg.audit_dir:
-            self.audit = AuditLog(self.engine, self.cfg.audit_dir)
+            self.audit = AuditLog(self.engine, self.cfg.audit_dir,
+                                  max_bytes=self.cfg.byte_cap("audit_queue_bytes"))
         restored = await self.snapshots.restore() if self.snapshots is not None else None
         self.publish(self.engine.start(time.time_ns()) if restored is None else restored)
         gc.collect()

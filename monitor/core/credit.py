@@ -33,6 +33,14 @@ from monitor.core.state import yuan
 
 LINE_NAMES = ("financing", "short")
 BULK_ACCOUNTS = 4096  # an event touching more accounts re-counts the financing balances
+STATE_VERSION = 1  # of the credit arrays in a snapshot (`credit_version`)
+# the bytes one entry of the per-account state costs (measured: tests/core/
+# test_credit_controls.py checks them against tracemalloc): an account's over-cap items
+# (dict, tuple keys, ints) and an account's counted financed rows (two arrays in a tuple)
+OVER_ENTRY_BYTES = 512
+OVER_ITEM_BYTES = 192
+COUNTED_ENTRY_BYTES = 512
+COUNTED_ROW_BYTES = 16
 
 
 @dataclass(slots=True)
@@ -41,6 +49,9 @@ class CreditConfig:
     max_changes: int = 256  # accounts with a change per check_slice call (bounds its cost)
     # an item over its cap stays reported until its share is back under cap − this (bp)
     hysteresis_bp: int = 50
+    # byte cap of the per-account state (`credit_state_bytes` of the run config, not of the
+    # [credit] table): past it the oldest over-cap record is dropped (counted)
+    state_bytes: int = 64 * 2**20
 
     @classmethod
     def from_dict(cls, d: dict | None) -> CreditConfig:
@@ -102,6 +113,10 @@ class CreditControls:
         self.halted = np.zeros(b.n_securities, dtype=bool)
         self.book_financing = np.zeros(b.n_securities, dtype=np.int64)
         self._counted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # bytes of `over` and `_counted` (their entries' costs above), and what the cap did
+        self.state_bytes = 0
+        self.dropped = 0  # over-cap records dropped, oldest first (re-announced when still over)
+        self.recounts = 0  # financing counted afresh to forget the per-account diffs
         if self.any_halt:
             self._count_financing()
             self.halted = self._halt_flags(np.zeros(b.n_securities, dtype=bool))
@@ -248,20 +263,111 @@ class CreditControls:
                 now[(kind, item)] = (mv, cap)
         keys = np.array(sorted(now), dtype=np.int64).reshape(-1, 2)
         self.fingerprint[a] = set_fingerprint(keys[:, 0].copy(), keys[:, 1].copy())
+        self._set_over(a, {k: v[1] for k, v in now.items()})
         if now.keys() == prev.keys():
-            if now:
-                self.over[a] = {k: v[1] for k, v in now.items()}
             return None
-        if now:
-            self.over[a] = {k: v[1] for k, v in now.items()}
-        else:
-            self.over.pop(a, None)
         ev = self._account_envelope("CONCENTRATION", a, A, L, now_ns)
         ev["status"] = "OVER_CAP" if now else "CLEARED"
         ev["items"] = [self._item(k, mv, cap, A) for k, (mv, cap) in sorted(now.items())]
         ev["cleared"] = [self._item_name(*k) for k in sorted(prev.keys() - now.keys())]
         ev["excess"] = yuan(sum(max(0, (mv * S - cap * A) // S) for mv, cap in now.values()))
         return ev
+
+    # ------------------------------------------------------------------ bounded state
+    def _set_over(self, a: int, items: dict) -> None:
+        """Record account `a`'s over-cap items (none: forget it), newest last."""
+        old = self.over.pop(a, None)
+        if old is not None:
+            self.state_bytes -= OVER_ENTRY_BYTES + OVER_ITEM_BYTES * len(old)
+        if items:
+            self.over[a] = items
+            self.state_bytes += OVER_ENTRY_BYTES + OVER_ITEM_BYTES * len(items)
+            self._fit()
+
+    def _fit(self) -> None:
+        """Keep the per-account state under `state_bytes`: first forget the financing diffs
+        (a recount from the live book, nothing lost), then drop the oldest over-cap records.
+        A dropped account's fingerprint is cleared, so the rotation re-evaluates it and, when
+        it is still over, announces it again: a duplicate, never a miss."""
+        cap = int(self.config.state_bytes)
+        if self.state_bytes <= cap:
+            return
+        if self._counted:
+            self._count_financing()
+            self.recounts += 1
+        while self.state_bytes > cap and self.over:
+            a = next(iter(self.over))
+            items = self.over.pop(a)
+            self.state_bytes -= OVER_ENTRY_BYTES + OVER_ITEM_BYTES * len(items)
+            self.fingerprint[a] = 0
+            self.dropped += 1
+
+    def stats(self) -> dict:
+        return {"state_bytes": self.state_bytes, "max_bytes": int(self.config.state_bytes),
+                "over_accounts": len(self.over), "counted_accounts": len(self._counted),
+                "dropped": self.dropped, "recounts": self.recounts,
+                "halted": int(self.halted.sum()), "slices": self.slices}
+
+    # ------------------------------------------------------------------ snapshot
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Copies of the crossed state (line levels, over-cap items and their fingerprints,
+        halted securities, the rotation's cursor) for the snapshot (monitor/adapters/
+        snapshot.py): restored, an unchanged crossing is not announced again."""
+        rows = [(a, k, i, cap) for a, items in self.over.items()
+                for (k, i), cap in items.items()]
+        over = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        return {"credit_version": np.array([STATE_VERSION], dtype=np.int64),
+                "credit_level": self.level.copy(), "credit_fingerprint": self.fingerprint.copy(),
+                "credit_halted": self.halted.copy(),
+                "credit_cursor": np.array([self.cursor], dtype=np.int64),
+                "credit_over": over}
+
+    def check_restore(self, arrays: dict) -> None:
+        """ValueError when the snapshot's credit arrays do not fit this book (nothing
+        changed); a snapshot without them (an older version) fits."""
+        if "credit_version" not in arrays:
+            return
+        b = self.state.book
+        n, ns = b.n_accounts, b.n_securities
+        v = arrays["credit_version"]
+        if v.shape != (1,) or int(v[0]) != STATE_VERSION:
+            raise ValueError(f"snapshot credit state of version {v.tolist()}; this monitor "
+                             f"reads version {STATE_VERSION}")
+        want = {"credit_level": (2, n), "credit_fingerprint": (n,), "credit_halted": (ns,),
+                "credit_cursor": (1,)}
+        for k, shape in want.items():
+            if k not in arrays or arrays[k].shape != shape:
+                raise ValueError(f"snapshot array {k!r} is missing or has the wrong shape for "
+                                 f"this book")
+        over = arrays.get("credit_over")
+        if over is None or over.ndim != 2 or over.shape[1] != 4:
+            raise ValueError("snapshot array 'credit_over' is missing or malformed")
+        if over.shape[0] and (over[:, 0].min() < 0 or over[:, 0].max() >= n
+                              or over[:, 1].min() < 0 or over[:, 2].min() < 0):
+            raise ValueError("snapshot credit state names accounts this book does not have")
+        if not 0 <= int(arrays["credit_cursor"][0]) <= max(n - 1, 0):
+            raise ValueError("snapshot credit cursor is out of range")
+
+    def restore(self, arrays: dict) -> bool:
+        """After the engine restored the live book: count the financing of the restored
+        positions and, when the snapshot has them, put the crossed state back. False for a
+        snapshot without credit state (the first rotation announces what is crossed)."""
+        if self.any_halt:
+            self._count_financing()
+        if "credit_version" not in arrays:
+            return False
+        self.level[:] = arrays["credit_level"]
+        self.fingerprint[:] = arrays["credit_fingerprint"]
+        self.halted[:] = arrays["credit_halted"].astype(bool)
+        self.cursor = int(arrays["credit_cursor"][0])
+        self.over = {}
+        self.state_bytes = 0
+        rows: dict[int, dict] = {}
+        for a, k, i, cap in arrays["credit_over"].tolist():
+            rows.setdefault(a, {})[(k, i)] = cap
+        for a, items in rows.items():
+            self._set_over(a, items)
+        return True
 
     def _item_name(self, kind: int, item: int) -> dict:
         b, t = self.state.book, self.terms
@@ -298,6 +404,8 @@ class CreditControls:
         np.cumsum(np.bincount(acct, minlength=n), out=self._snap_ptr[1:])
         self._snap_sec = b.pos_sec[fin].astype(np.int64)
         self._snap_cost = b.pos_cost[fin].copy()
+        for sec, _ in self._counted.values():
+            self.state_bytes -= COUNTED_ENTRY_BYTES + COUNTED_ROW_BYTES * sec.shape[0]
         self._counted = {}
         self.book_financing[:] = 0
         np.add.at(self.book_financing, self._snap_sec, self._snap_cost)
@@ -320,11 +428,16 @@ class CreditControls:
                 continue
             np.subtract.at(self.book_financing, old[0], old[1])
             np.add.at(self.book_financing, new[0], new[1])
+            was = self._counted.pop(a, None)
+            if was is not None:
+                self.state_bytes -= COUNTED_ENTRY_BYTES + COUNTED_ROW_BYTES * was[0].shape[0]
             self._counted[a] = new
+            self.state_bytes += COUNTED_ENTRY_BYTES + COUNTED_ROW_BYTES * new[0].shape[0]
             touched.append(old[0])
             touched.append(new[0])
         if not touched:
             return []
+        self._fit()
         return self._halt_events(np.unique(np.concatenate(touched)), now_ns)
 
     def _halt_events(self, secs: np.ndarray, now_ns: int) -> list[dict]:

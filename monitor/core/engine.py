@@ -739,6 +739,7 @@ class Engine:
         arrays["call_deposit"] = np.array([c.deposit for c in calls], dtype=np.float64)
         arrays["call_basis"] = np.array([c.basis for c in calls], dtype=np.int8)
         arrays["call_days"] = np.array([c.days for c in calls], dtype=np.int64)
+        arrays.update(self.credit.export_state())  # crossed credit controls (credit.py)
         seen = ae.seen_ids() if ae is not None else []
         arrays["seen_ids"] = np.frombuffer(orjson.dumps(seen), dtype=np.uint8).copy()
         meta = {"run_id": self.run_id, "seq": self.seq, "cycles": self.cycles,
@@ -757,6 +758,7 @@ class Engine:
         tier. ValueError, before any change, when the arrays do not fit."""
         st, b = self.state, self.state.book
         _check_restore(b, arrays)
+        self.credit.check_restore(arrays)
         old_run = meta.get("run_id")
         applied, new_seq = meta.get("events_applied", 0), meta.get("seq") if seq is None else seq
         if not isinstance(old_run, str) or not all(
@@ -785,6 +787,9 @@ class Engine:
         self._n_pending = 0
         self._pending_ticks = 0
         st.sweep()  # exact market values at the restored prices
+        # the credit controls' financing counts of the restored positions and their crossed
+        # state (a snapshot without it: the first rotation announces what is crossed)
+        self.credit.restore(arrays)
         k = arrays["call_account"].shape[0]  # basis and days: older snapshots lack them
         basis = arrays.get("call_basis", np.zeros(k, dtype=np.int8))
         days = arrays.get("call_days", np.full(k, self.config.call_days, dtype=np.int64))

@@ -20,6 +20,12 @@ Rules (per account and security, each with its own window over the fills' `ts`):
 A hit consumes its evidence: the next hit of the rule for that account and security needs a
 fresh set of fills. Plain Python per fill (a few microseconds): fills are thousands per second
 at most, so no kernel pays off here.
+
+Bounded memory: the evidence held (per rule, account and security) is charged ``KEY_BYTES`` per
+entry and ``FILL_BYTES`` per fill; past ``state_bytes`` (the run config's
+`pattern_state_bytes`) the entry changed longest ago is dropped whole, oldest first, and
+counted (`dropped_entries`, `dropped_fills`: a rule can then miss a pattern whose evidence was
+dropped, never fire on evidence it does not have).
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ from monitor.errors import ConfigError
 BUY_SIDES = frozenset(("collateral_buy", "financed_buy", "buy_to_cover"))
 SELL_SIDES = frozenset(("collateral_sell", "sell_to_repay", "short_sell"))
 NS = 1_000_000_000
+# what one held entry and one held fill cost (measured allowances: tests/core/test_patterns.py
+# checks them against tracemalloc): the (account, security) key, its container (a deque) and
+# the index slot; a fill's dict with its strings and numbers, and its slot in the container
+KEY_BYTES = 1536
+FILL_BYTES = 640
 
 
 @dataclass(slots=True)
@@ -73,6 +84,9 @@ class PatternConfig:
     round_trips: RoundTripRule = field(default_factory=RoundTripRule)
     thin_turnover: ThinTurnoverRule = field(default_factory=ThinTurnoverRule)
     limit_trades: LimitTradesRule = field(default_factory=LimitTradesRule)
+    # byte cap of the evidence held (the run config's `pattern_state_bytes`, not a [patterns]
+    # setting): past it the oldest entry is dropped, counted
+    state_bytes: int = 64 * 2**20
 
     @classmethod
     def from_dict(cls, d: dict | None) -> PatternConfig:
@@ -80,7 +94,8 @@ class PatternConfig:
         cfg = cls()
         for k, v in (d or {}).items():
             k = k.replace("-", "_")
-            sub = getattr(cfg, k, None) if k in {f.name for f in fields(cls)} else None
+            sub = getattr(cfg, k, None) if k in {f.name for f in fields(cls)} - {
+                "state_bytes"} else None
             if k == "enabled":
                 cfg.enabled = _typed("patterns.enabled", v, bool)
             elif sub is not None and isinstance(v, dict):
@@ -166,6 +181,13 @@ class PatternWatch:
         self._limit: dict[tuple[int, int], deque] = {}
         self.fills = 0
         self.hits: dict[str, int] = {"round_trips": 0, "thin_turnover": 0, "limit_trades": 0}
+        # evidence held per (rule, key): fills, in the order the entries last changed
+        self._rules = {"round_trips": self._trips, "thin_turnover": self._turnover,
+                       "limit_trades": self._limit}
+        self._held: dict[tuple[str, tuple[int, int]], int] = {}
+        self.nbytes = 0
+        self.dropped_entries = 0
+        self.dropped_fills = 0
 
     def thin(self, s: int) -> bool:
         b = self.state.book
@@ -231,9 +253,11 @@ class PatternWatch:
                 break
             legs.popleft()
         if len(legs) < 2 * r.count:
+            self._charge("round_trips", key, sum(len(fl) for _, fl in legs))
             return []
         evidence_fills = [f for _, fl in legs for f in fl]
         legs.clear()
+        self._charge("round_trips", key, 0)
         return [self._event("round_trips", key, ts, now_ns, evidence_fills,
                             {"round_trips": r.count, "window_s": r.window_s})]
 
@@ -250,9 +274,11 @@ class PatternWatch:
         value = sum(v for _, _, v in q)
         usual = float(self.usual_volume[key[1]])
         if qty < r.multiple * usual or value < r.min_value * u.MONEY_SCALE:
+            self._charge("thin_turnover", key, len(q))
             return []
         fills = [f for _, f, _ in q]
         q.clear()
+        self._charge("thin_turnover", key, 0)
         return [self._event("thin_turnover", key, ts, now_ns, fills, {
             "turnover_qty": qty, "turnover_value": yuan(value),
             "usual_volume": round(usual, 1),
@@ -274,10 +300,12 @@ class PatternWatch:
         while q and q[0][0]["ts"] < lo:
             q.popleft()
         if len(q) < r.count:
+            self._charge("limit_trades", key, sum(len(t) for t in q))
             return []
         fills = [f for trade in q for f in trade]
         n = len(q)
         q.clear()
+        self._charge("limit_trades", key, 0)
         s = key[1]
         return [self._event("limit_trades", key, ts, now_ns, fills, {
             "trades": n, "window_s": r.window_s,
@@ -305,20 +333,45 @@ class PatternWatch:
         })
         return ev
 
+    # ------------------------------------------------------------------ bounded state
+    def _charge(self, rule: str, key: tuple[int, int], fills: int) -> None:
+        """The entry (rule, key) now holds `fills` fills: account its bytes (newest last),
+        then drop the oldest entries while the evidence is over `state_bytes`."""
+        k = (rule, key)
+        old = self._held.pop(k, None)
+        if old is not None:
+            self.nbytes -= KEY_BYTES + FILL_BYTES * old
+        self._held[k] = fills
+        self.nbytes += KEY_BYTES + FILL_BYTES * fills
+        cap = int(self.config.state_bytes)
+        while self.nbytes > cap and self._held:
+            (r, kk), n = next(iter(self._held.items()))
+            self._drop(r, kk)
+            self.dropped_entries += 1
+            self.dropped_fills += n
+
+    def _drop(self, rule: str, key: tuple[int, int]) -> None:
+        n = self._held.pop((rule, key), None)
+        if n is not None:
+            self.nbytes -= KEY_BYTES + FILL_BYTES * n
+        self._rules[rule].pop(key, None)
+
     def _forget(self, now: int) -> None:
         """Drop per-(account, security) state idle for longer than every window."""
         c = self.config
         lo = now - int(max(c.round_trips.window_s, c.thin_turnover.window_s,
                            c.limit_trades.window_s) * NS)
         for k in [k for k, v in self._trips.items() if v.last < lo]:
-            del self._trips[k]
-        for d in (self._turnover, self._limit):
+            self._drop("round_trips", k)
+        for rule, d in (("thin_turnover", self._turnover), ("limit_trades", self._limit)):
             for k in [k for k, v in d.items() if not v or _last_ts(v) < lo]:
-                del d[k]
+                self._drop(rule, k)
 
     def stats(self) -> dict:
         return {"fills": self.fills, "hits": dict(self.hits),
-                "tracked": len(self._trips) + len(self._turnover) + len(self._limit)}
+                "tracked": len(self._trips) + len(self._turnover) + len(self._limit),
+                "bytes": self.nbytes, "max_bytes": int(self.config.state_bytes),
+                "dropped_entries": self.dropped_entries, "dropped_fills": self.dropped_fills}
 
 
 def _last_ts(q) -> int:

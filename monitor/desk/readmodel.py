@@ -396,7 +396,7 @@ class Desk:
         return {"summary": self.q_summary, "worst": self.q_worst, "accounts": self.q_accounts,
                 "account": self.q_account, "events": self.q_events, "calls": self.q_calls,
                 "crowding": self.q_crowding, "whatif": self.q_whatif, "acks": self.q_acks,
-                "symbols": self.q_symbols}
+                "symbols": self.q_symbols, "event": self.q_event}
 
     # ---- summary
     def q_summary(self, q: dict) -> dict:
@@ -614,6 +614,19 @@ class Desk:
         return out
 
     # ---- events
+    def q_event(self, q: dict) -> bytes:
+        """One published event by id, as it was published (`event`: the exact JSON of the
+        stream's `data`), or `held: false` when the desk's memory does not hold it (never
+        published by this monitor, or evicted). The liquidator's plan re-check asks it."""
+        eid = (q.get("id") or q.get("event_id") or "").strip()
+        if not eid:
+            raise QueryError("give ?id=EVENT_ID")
+        rec = self.events.get(eid)
+        if rec is None:
+            return orjson.dumps({"event_id": eid, "held": False, "event": None})
+        return (b'{"event_id":' + orjson.dumps(eid) + b',"held":true,"event":' + rec[7]
+                + b"}")
+
     def q_events(self, q: dict) -> bytes:
         """Recent events, newest first; filters tier (event's tier or previous tier), account,
         symbol (trigger), kind; `before_seq` pages back."""

@@ -46,7 +46,10 @@ def liquidator(args) -> int:
                   dry_run=True if args.dry_run else None,
                   webhook_secret_file=args.webhook_secret_file, repricer=args.repricer,
                   repricer_token_file=args.repricer_token_file, log_level=args.log_level,
-                  metrics_listen=getattr(args, "metrics_listen", None))
+                  metrics_listen=getattr(args, "metrics_listen", None),
+                  alert_key_file=getattr(args, "alert_key_file", None),
+                  insecure_unsigned_alerts=True if getattr(args, "insecure_unsigned_alerts",
+                                                           False) else None)
     if cfg is None:
         return EXIT_INVALID
     if args.until_idle is not None and args.until_idle < 0:
@@ -54,6 +57,7 @@ def liquidator(args) -> int:
         return EXIT_INVALID
     _setup_logging(cfg.log_level)
     try:
+        cfg.check_signing()
         cfg.resolve_secrets()
         worker = Liquidator(cfg)
     except (ConfigError, ValueError) as e:

@@ -163,9 +163,12 @@ class Outcomes:
         log.warning("liquidator: event %s (account %s, %d order(s)) waits in the approvals "
                     "list: %s", eid, job.account_id, len(orders), held)
 
-    async def dead_letter(self, job: Job, orders: list[dict], reason: str) -> None:
+    async def dead_letter(self, job: Job, orders: list[dict], reason: str,
+                          code: str | None = None) -> None:
+        """To the dead-letter stream, recorded done; `code` names a refusal (plan_mismatch,
+        confirm_failed), else None."""
         entry = {"event_id": job.event_id, "account_id": job.account_id,
-                 "reason": reason, "trigger": job.reason, "orders": orders,
+                 "reason": reason, "code": code, "trigger": job.reason, "orders": orders,
                  "consumer": self.ctx.consumer, "source": job.source, "ts": time.time_ns(),
                  "stream": job.stream, "entry_id": job.entry_id.decode(), "event": job.event}
 
@@ -179,14 +182,14 @@ class Outcomes:
                       job.account_id, self.ctx.keys.dead, reason)
 
     async def dead_raw(self, stream: str, entry_id: bytes, fields: dict | None, reason: str,
-                        ack: bool = True) -> None:
+                        ack: bool = True, code: str | None = None) -> None:
         """An entry that is not a usable event: to the dead-letter stream, XACK."""
         data = (fields or {}).get(b"data") if stream == self.ctx.alerts else None
         raw = data.decode("utf-8", "replace")[:65536] if isinstance(data, bytes) else None
         if stream == self.ctx.approved and fields:
             raw = orjson.dumps({k.decode(): v.decode("utf-8", "replace")
                                 for k, v in fields.items()}).decode()
-        entry = {"event_id": None, "reason": reason, "stream": stream,
+        entry = {"event_id": None, "reason": reason, "code": code, "stream": stream,
                  "entry_id": entry_id.decode(), "raw": raw, "consumer": self.ctx.consumer,
                  "ts": time.time_ns()}
         pipe = self.ctx.client.pipeline(transaction=True)

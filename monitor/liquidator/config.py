@@ -44,6 +44,12 @@ concurrency = 4                       # entries one worker handles at once
 block = 1.0                           # XREADGROUP BLOCK, seconds
 log_level = "info"
 metrics_listen = ""                   # HOST:PORT of /metrics, loopback only (port 0: any); off
+alert_key_file = ""                   # the monitor's alert signing keys (docs/security.md): every
+                                      # unsigned or badly signed alert is dead-lettered
+insecure_unsigned_alerts = false      # `liquidator` refuses to start without alert_key_file
+                                      # unless this is true (then nothing is verified)
+confirm_plans = "auto"                # re-check each plan with the monitor before sending:
+                                      # true | false | "auto" (on with an http(s) repricer)
 
 [modes]                               # per line profile (the event's `profile`)
 default = "auto"
@@ -59,7 +65,7 @@ import os
 import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from monitor.errors import ConfigError
 from monitor.settings import read_toml
@@ -118,6 +124,19 @@ class LiquidatorConfig:
     block: float = 1.0
     log_level: str = "info"
     metrics_listen: str = ""  # /metrics (monitor/liquidator/metrics.py); off when empty
+    # signed alerts (monitor/adapters/signing.py, docs/security.md)
+    alert_key_file: str = ""
+    alert_keys: Any = field(default=None, repr=False)  # AlertKeys, read by resolve_secrets
+    insecure_unsigned_alerts: bool = False
+    # the plan re-check against the monitor before sending (docs/liquidation.md)
+    confirm_plans: bool | str = "auto"
+
+    @property
+    def confirming(self) -> bool:
+        """Whether plans are re-checked with the monitor (`confirm_plans`, resolved)."""
+        if self.confirm_plans == "auto":
+            return self.repricer.startswith(("http://", "https://"))
+        return bool(self.confirm_plans)
 
     def mode_for(self, profile: str | None) -> str:
         """The mode of a profile; an account with its own line overrides has a derived
@@ -172,6 +191,13 @@ class LiquidatorConfig:
                 raise ConfigError(f"{k}: must be a whole number >= 1")
         if self.metrics_listen:
             parse_listen(self.metrics_listen)
+        if self.confirm_plans not in (True, False, "auto"):
+            raise ConfigError("confirm_plans: must be true, false or \"auto\"")
+        if self.confirm_plans is True and not self.repricer.startswith(("http://", "https://")):
+            raise ConfigError("confirm_plans: needs the monitor's URL (repricer = "
+                              "\"http(s)://MONITOR:PORT\") to re-check plans against")
+        if not isinstance(self.insecure_unsigned_alerts, bool):
+            raise ConfigError("insecure_unsigned_alerts: must be true or false")
         if not isinstance(self.hold_outside_sessions, bool):
             raise ConfigError("hold_outside_sessions: must be true or false")
         if not self.consumer:
@@ -206,6 +232,19 @@ class LiquidatorConfig:
             self.repricer_token = _read_secret(self.repricer_token_file, "repricer_token_file")
         elif not self.repricer_token:
             self.repricer_token = os.environ.get("MARGIN_MONITOR_TOKEN", "")
+        if self.alert_key_file and self.alert_keys is None:
+            from monitor.adapters.signing import load_keys
+
+            self.alert_keys = load_keys(self.alert_key_file, "alert_key_file")
+
+    def check_signing(self) -> None:
+        """What `liquidator` checks before it starts: a key to verify the alerts with, or the
+        explicit `insecure_unsigned_alerts`."""
+        if not self.alert_key_file and not self.insecure_unsigned_alerts:
+            raise ConfigError("no alert_key_file: the liquidator verifies the monitor's "
+                              "signature on every alert (--alert-key-file, the monitor's "
+                              "alert_key_file); to act on unsigned alerts anyway give "
+                              "--insecure-unsigned-alerts (docs/security.md)")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -247,7 +286,7 @@ def _read_secret(path: str, key: str) -> str:
     return s
 
 
-_SECRET_FIELDS = {"webhook_secret", "repricer_token"}
+_SECRET_FIELDS = {"webhook_secret", "repricer_token", "alert_keys"}
 
 
 def load_liquidator_config(path: str | None, overrides: dict) -> LiquidatorConfig:
@@ -260,6 +299,9 @@ def load_liquidator_config(path: str | None, overrides: dict) -> LiquidatorConfi
                 if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
                     raise ConfigError(f"{path}: modes must be a table of profile = \"mode\"")
                 v = dict(v)
+            elif key == "confirm_plans":
+                if v not in (True, False, "auto"):
+                    raise ConfigError(f"{path}: confirm_plans must be true, false or \"auto\"")
             else:
                 want = type(getattr(cfg, key))
                 if want is float and isinstance(v, int) and not isinstance(v, bool):

@@ -22,6 +22,9 @@ OUTCOMES = ("sent", "notified", "not_required", "restored_done", "dead_letter",
             "held_approval_required", "held_kill_switch", "held_stale_plan", "duplicate",
             "ignored")
 
+# why an alert was refused (Liquidator.stats keys "refused_<reason>")
+REFUSALS = ("unsigned", "bad_signature", "plan_mismatch")
+
 
 class LiquidatorCollector:
     def __init__(self, worker):
@@ -46,6 +49,16 @@ class LiquidatorCollector:
         def gauge(name, doc, value):
             return GaugeMetricFamily(name, doc, value=float(value or 0))
 
+        refused = CounterMetricFamily("mm_liquidator_refused", "Alerts dead-lettered and never "
+                                      "acted on, by reason (signature, plan re-check)",
+                                      labels=["reason"])
+        for reason in REFUSALS:
+            refused.add_metric([reason], float(st.get(f"refused_{reason}", 0)))
+        yield refused
+        yield counter("mm_liquidator_confirmed", "Plans the monitor confirmed before sending",
+                      "confirmed")
+        yield counter("mm_liquidator_confirm_failures", "Failed plan re-check calls to the "
+                      "monitor (each retried)", "confirm_failures")
         yield counter("mm_liquidator_orders_sent", "Orders handed to the hook successfully",
                       "orders")
         yield counter("mm_liquidator_dead_lettered", "Entries moved to the dead-letter stream",

@@ -1,4 +1,5 @@
-"""Which alert events the liquidator acts on, and the orders it makes of their plans.
+"""Which alert events the liquidator acts on, the orders it makes of their plans, and the plan
+re-check against the monitor (`plan_mismatch`).
 
 Pure functions, no I/O. The order schema (one JSON object per order) is the contract with the
 broker's order system; docs/liquidation.md states it.
@@ -178,3 +179,55 @@ def build_orders(event: dict, plan: dict, reason: str, ts_ns: int | None = None,
             order["approved_by"] = approved_by
         out.append(order)
     return out
+
+
+LONG_KINDS = ("collateral", "financed")
+
+
+def holdings(account_doc: dict) -> dict[tuple[str, str], int]:
+    """Shares a plan may trade per (symbol, side), from the monitor's account answer
+    (`positions`: `sell` up to the long shares, `buy_to_cover` up to the short ones)."""
+    out: dict[tuple[str, str], int] = {}
+    for p in account_doc.get("positions") or []:
+        if not isinstance(p, dict) or not isinstance(p.get("symbol"), str):
+            continue
+        q = p.get("qty")
+        if isinstance(q, bool) or not isinstance(q, int) or q <= 0:
+            continue
+        side = "sell" if p.get("kind") in LONG_KINDS else \
+            "buy_to_cover" if p.get("kind") == "short" else None
+        if side is not None:
+            key = (p["symbol"], side)
+            out[key] = out.get(key, 0) + q
+    return out
+
+
+def plan_mismatch(plan: dict, account_doc: dict, monitor_event: dict | None, event: dict,
+                  check_origin: bool) -> str | None:
+    """Why the plan must not be sent (None: it may). The account must hold what the plan
+    trades (quantities per security and side not above the position, per the monitor now);
+    with `check_origin` (a plan taken from the event, not re-priced by the monitor), the
+    monitor must hold the event and its plan must be this plan."""
+    if account_doc.get("account_id", event.get("account_id")) != event.get("account_id"):
+        return "the monitor's answer is about another account"
+    held = holdings(account_doc)
+    want: dict[tuple[str, str], int] = {}
+    for o in plan.get("orders") or []:
+        key = (o["symbol"], o["side"])
+        want[key] = want.get(key, 0) + int(o["qty"])
+    for (sym, side), q in sorted(want.items()):
+        have = held.get((sym, side), 0)
+        if q > have:
+            what = "long" if side == "sell" else "short"
+            return (f"{side} {q} {sym}: the account holds {have} {what} shares of it "
+                    f"(the monitor's positions now)")
+    if check_origin:
+        if monitor_event is None:
+            return f"the monitor holds no event {event.get('event_id')!r}"
+        if monitor_event.get("plan") != plan:
+            return (f"the plan is not the one the monitor published in event "
+                    f"{event.get('event_id')!r}")
+        if monitor_event != event:
+            return (f"the event is not the one the monitor published as "
+                    f"{event.get('event_id')!r}")
+    return None

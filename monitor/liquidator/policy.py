@@ -1,11 +1,15 @@
 """Policy: what a stream entry means and how its plan is delivered.
 
-An alert that is not a FORCED_LIQUIDATION or CALL_EXPIRED trigger is acknowledged and left; one
-already done is acknowledged; otherwise the event's profile mode says notify, park for approval,
+With the monitor's alert keys, an alert whose signature is missing or wrong is dead-lettered
+first (`unsigned`, `bad_signature`), whatever it says. An alert that is not a
+FORCED_LIQUIDATION or CALL_EXPIRED trigger is acknowledged and left; one already done is
+acknowledged; otherwise the event's profile mode says notify, park for approval,
 or deliver. Delivery takes the event's lock, freezes the orders on the first attempt (every later
 attempt sends the identical orders), applies the account's cool-down, re-prices a stale plan,
-waits for the next trading session when the plan was made outside one, the global rate limit and
-the kill switch, then hands the orders to the hook with retries. Reading entries is intake.py's
+waits for the next trading session when the plan was made outside one, re-checks the plan with
+the monitor (`confirm_plans`: dead-lettered as `plan_mismatch` when the account does not hold
+what it trades or the monitor did not publish it), the global rate limit and the kill switch,
+then hands the orders to the hook with retries. Reading entries is intake.py's
 job, recording outcomes commit.py's.
 """
 
@@ -31,6 +35,7 @@ from monitor.liquidator.orders import (
     cash_repayment,
     check_event,
     plan_age_s,
+    plan_mismatch,
 )
 from monitor.liquidator.repricer import PermanentRepriceError, RepriceError, Repricer
 
@@ -52,12 +57,18 @@ class Policy:
     back to intake to be handled again after `delay` seconds."""
 
     def __init__(self, ctx: WorkerContext, outcomes: Outcomes, hook: Hook,
-                 repricer: Repricer | None, defer: Defer):
+                 repricer: Repricer | None, defer: Defer, *, verifier: Any = None,
+                 confirm: bool = False):
+        """`verifier`: the AlertKeys every alert's signature must verify with (None: nothing
+        is verified); `confirm`: re-check each plan with the monitor (the repricer's
+        `account` and `event`) before sending."""
         self.ctx = ctx
         self.outcomes = outcomes
         self.hook = hook
         self.repricer = repricer
         self.defer = defer
+        self.verifier = verifier
+        self.confirm = confirm
         self._refresh: Any = None
         self._release: Any = None
 
@@ -96,6 +107,15 @@ class Policy:
     async def _on_alert(self, entry_id: bytes, fields: dict, force_reprice: bool) -> None:
         r = self.ctx.client
         raw = fields.get(b"data")
+        if self.verifier is not None:
+            bad = self.verifier.verify(raw, fields.get(b"sig"), fields.get(b"kid"))
+            if bad is not None:  # never acted on, whatever it says
+                self.ctx.stats[f"refused_{bad}"] += 1
+                what = ("carries no signature" if bad == "unsigned" else
+                        "has a signature that does not verify with any key of alert_key_file")
+                await self.outcomes.dead_raw(self.ctx.alerts, entry_id, fields,
+                                             f"{bad}: the alert {what}; not acted on", code=bad)
+                return
         try:
             event = orjson.loads(raw) if raw is not None else None
             reason = check_event(event)
@@ -251,6 +271,8 @@ class Policy:
                     await self.outcomes.commit(job, "not_required", [],
                                        detail={"ratio_after": plan.get("ratio_after")})
                 return
+            if self.confirm and not await self._confirm(job, plan, repriced=stale):
+                return
             by = job.approval.get("decided_by") if job.approval else None
             orders = build_orders(job.event, plan, job.reason, approved_by=by)
             attempt = {"orders": orders, "consumer": self.ctx.consumer, "ts": time.time_ns()}
@@ -285,6 +307,50 @@ class Policy:
         await self._uncooldown(job.account_id, job.event_id)
         await self.outcomes.dead_letter(job, [], f"re-pricing failed: {last}")
         return None
+
+    async def _confirm(self, job: Job, plan: dict, repriced: bool) -> bool:
+        """The plan re-check (confirm_plans): ask the monitor for the account now (and, for a
+        plan taken from the event, for the event as it published it); a plan that trades
+        shares the account does not hold, or that is not the monitor's, is dead-lettered
+        (`plan_mismatch`). True: send it."""
+        c = self.ctx.cfg
+        backoff = self.ctx.backoff()
+        last = ""
+        for n in range(1, c.max_attempts + 1):
+            try:
+                doc = await self.repricer.account(job.account_id)
+                mon_ev = None if repriced else await self.repricer.event(job.event_id)
+                break
+            except PermanentRepriceError as e:  # the monitor does not know the account
+                doc, mon_ev = {"account_id": job.account_id, "positions": []}, None
+                last = str(e)
+                break
+            except RepriceError as e:
+                last = str(e)
+                self.ctx.stats["confirm_failures"] += 1
+                log.warning("liquidator: re-checking %s (account %s) with the monitor failed "
+                            "(attempt %d/%d): %s", job.event_id, job.account_id, n,
+                            c.max_attempts, last)
+            if n < c.max_attempts:
+                self.ctx.stats["retries"] += 1
+                await self.ctx.sleep(backoff.next())
+                if self.ctx.stopping:
+                    return False  # left pending: another worker or the next run goes on
+        else:
+            await self._uncooldown(job.account_id, job.event_id)
+            await self.outcomes.dead_letter(
+                job, [], f"confirm_failed: the plan could not be re-checked with the monitor: "
+                         f"{last}", code="confirm_failed")
+            return False
+        problem = plan_mismatch(plan, doc, mon_ev, job.event, check_origin=not repriced)
+        if problem is None:
+            self.ctx.stats["confirmed"] += 1
+            return True
+        self.ctx.stats["refused_plan_mismatch"] += 1
+        await self._uncooldown(job.account_id, job.event_id)
+        await self.outcomes.dead_letter(job, [], f"plan_mismatch: {problem}"
+                                        + (f" ({last})" if last else ""), code="plan_mismatch")
+        return False
 
     async def _send(self, job: Job, orders: list[dict], resumed: bool) -> None:
         c = self.ctx.cfg

@@ -11,6 +11,10 @@ A repricer is any object with ``async reprice(event) -> plan``, where ``plan`` i
   prices (docs/liquidation.md, "Re-pricing", states the contract). One pooled keep-alive
   ``httpx`` client per repricer (outbound.py).
 - ``python:package.module:function``: ``function(event) -> plan`` (sync or ``async def``).
+
+The HTTP repricer also serves the plan re-check (``confirm_plans``, worker.py): ``account(id)``
+is the monitor's view of the account now (its positions), ``event(id)`` the event as the
+monitor published it (``GET /api/event?id=``), None when the monitor does not hold it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from monitor.liquidator.orders import BadEvent, check_plan
 from monitor.liquidator.outbound import HttpSettings, OutboundClient, split_userinfo
 
 ACCOUNT_PATH = "/api/account"
+EVENT_PATH = "/api/event"  # the plan re-check: the event as the monitor published it
 ANSWER_LIMIT = 8 << 20  # bytes of the monitor's answer read at most
 
 
@@ -79,18 +84,16 @@ class HttpRepricer(Repricer):
         self.timeout = self.http.read_timeout
         self._client = OutboundClient(self.http, what="repricer", verify=ssl_context)
 
-    async def reprice(self, event: dict) -> dict:
-        account = event["account_id"]
-        url = f"{self._base}{ACCOUNT_PATH}?id={quote(account, safe='')}"
+    async def _get(self, path: str, what: str) -> dict:
         try:
             status, body = await self._client.request(
-                "GET", url, headers={"Authorization": f"Bearer {self._token}",
-                                     "Accept": "application/json"}, limit=ANSWER_LIMIT)
+                "GET", f"{self._base}{path}",
+                headers={"Authorization": f"Bearer {self._token}",
+                         "Accept": "application/json"}, limit=ANSWER_LIMIT)
         except OutboundError as e:  # no answer (connect, TLS, timeout, reset): retried
             raise RepriceError(f"{self.name}: {e}") from None
-        if status == 400 and b"unknown account" in body:
-            raise PermanentRepriceError(f"{self.name}: the monitor does not know account "
-                                        f"{account!r}")
+        if status == 400 and f"unknown {what}".encode() in body:
+            raise PermanentRepriceError(f"{self.name}: the monitor does not know {what}")
         if status != 200:
             text = body[:200].decode("utf-8", "replace").strip()
             raise RepriceError(f"{self.name}: HTTP {status}: {text}")
@@ -98,8 +101,33 @@ class HttpRepricer(Repricer):
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise RepriceError(f"{self.name}: the answer is not JSON") from None
-        if not isinstance(doc, dict) or doc.get("account_id", account) != account:
+        if not isinstance(doc, dict):
+            raise RepriceError(f"{self.name}: the answer is not a JSON object")
+        return doc
+
+    async def account(self, account: str) -> dict:
+        """The monitor's view of the account now (``GET /api/account``: positions, plan)."""
+        try:
+            doc = await self._get(f"{ACCOUNT_PATH}?id={quote(account, safe='')}", "account")
+        except PermanentRepriceError:
+            raise PermanentRepriceError(f"{self.name}: the monitor does not know account "
+                                        f"{account!r}") from None
+        if doc.get("account_id", account) != account:
             raise RepriceError(f"{self.name}: the answer is not about account {account!r}")
+        return doc
+
+    async def event(self, event_id: str) -> dict | None:
+        """The event as the monitor published it (``GET /api/event``), or None when the
+        monitor does not hold it."""
+        doc = await self._get(f"{EVENT_PATH}?id={quote(event_id, safe='')}", "event")
+        if doc.get("event_id") != event_id:
+            raise RepriceError(f"{self.name}: the answer is not about event {event_id!r}")
+        ev = doc.get("event")
+        return ev if doc.get("held") is True and isinstance(ev, dict) else None
+
+    async def reprice(self, event: dict) -> dict:
+        account = event["account_id"]
+        doc = await self.account(account)
         plan = dict(_checked(doc.get("plan"), self.name))
         ns = doc.get("server_ns")
         plan["priced_ns"] = ns if isinstance(ns, int) and not isinstance(ns, bool) \

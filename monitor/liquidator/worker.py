@@ -4,6 +4,9 @@
 
 Several workers (same group, different consumer names) share the work. Per entry:
 
+0. With ``alert_key_file``: an alert entry without a signature (``unsigned``) or whose
+   signature does not verify (``bad_signature``) is moved to the dead-letter stream and
+   counted, never looked at further (monitor/adapters/signing.py).
 1. Not acted on (not a TIER_CHANGE into FORCED_LIQUIDATION, not CALL_EXPIRED): XACK.
    Malformed: moved to the dead-letter stream, XACK.
 2. Already done (``<prefix>:done:<event_id>`` exists): XACK, nothing else (a redelivery).
@@ -13,10 +16,14 @@ Several workers (same group, different consumer names) share the work. Per entry
    worker's lock expires after ``lock_ttl``). The first attempt freezes the orders in
    ``<prefix>:attempt:<event_id>``: every later attempt, by any worker, sends the identical
    orders (same ids, quantities, prices, ``ts``). A plan older than ``max_plan_age`` is
-   re-priced first. Per account, a cool-down (``<prefix>:cooldown:<account>``, SET NX) defers a
-   second plan; the deferred plan is re-priced when its turn comes. A global fixed-window
-   counter (``<prefix>:rate:<second>``) caps orders per second over all workers. The kill
-   switch is read right before every hook call.
+   re-priced first. With ``confirm_plans`` the plan is then re-checked with the monitor
+   before its orders are frozen: the account must hold what it trades and, for a plan taken
+   from the event, the monitor must have published that event with that plan; else the
+   entry is dead-lettered (``plan_mismatch``). Per account, a cool-down
+   (``<prefix>:cooldown:<account>``, SET NX) defers a second plan; the deferred plan is
+   re-priced when its turn comes. A global fixed-window counter (``<prefix>:rate:<second>``)
+   caps orders per second over all workers. The kill switch is read right before every hook
+   call.
    An event whose plan was made outside a trading session carries ``release_at`` (ns, the
    next session's start): its orders wait until then (``hold_outside_sessions``), the entry
    kept pending and its idle time refreshed, so no other worker reclaims it meanwhile.
@@ -70,6 +77,13 @@ class Liquidator:
         self.repricer = (open_repricer(cfg.repricer, token=cfg.repricer_token,
                                        http=cfg.http_settings("repricer"))
                          if repricer == "config" else repricer)
+        if cfg.alert_key_file and cfg.alert_keys is None:
+            cfg.resolve_secrets()
+        # the plan re-check with the monitor (confirm_plans): needs the HTTP repricer's calls
+        if cfg.confirming and not (hasattr(self.repricer, "account")
+                                   and hasattr(self.repricer, "event")):
+            raise ValueError("confirm_plans: the repricer cannot answer the re-check (give "
+                             "repricer = \"http(s)://MONITOR:PORT\", or confirm_plans = false)")
         keys = Keys(cfg.key_prefix + (":dry-run" if cfg.dry_run else ""))
         self.ctx = WorkerContext(
             cfg=self.cfg, keys=keys, group=cfg.group + (".dry-run" if cfg.dry_run else ""),
@@ -78,8 +92,11 @@ class Liquidator:
             client=client)
         self.outcomes = Outcomes(self.ctx)
         self.intake = Intake(self.ctx, self.outcomes)
+        # signed alerts (monitor/adapters/signing.py): with keys, every alert entry must carry
+        # a valid signature; without them (insecure_unsigned_alerts) nothing is verified
         self.policy = Policy(self.ctx, self.outcomes, self.hook, self.repricer,
-                             defer=self.intake.defer)
+                             defer=self.intake.defer, verifier=cfg.alert_keys,
+                             confirm=cfg.confirming)
         self.intake.bind(self.policy.handle)
         self._own_client = client is None
         self._masked = mask_url(cfg.redis)

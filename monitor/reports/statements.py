@@ -44,6 +44,7 @@ class DayLog:
     eod: Path | None = None
     records: int = 0
     bad_lines: int = 0  # unreadable lines (a torn last line after a crash)
+    dropped: int = 0  # records the monitor dropped from its audit queue (gap lines)
 
 
 def read_audit_dir(audit_dir: str | Path) -> DayLog:
@@ -63,13 +64,17 @@ def read_audit_dir(audit_dir: str | Path) -> DayLog:
     by_acct: dict[str, list[dict]] = defaultdict(list)
     n = 0
     bad = 0
+    dropped = 0
     for p in files:
         with p.open("rb") as f:
             for line in f:
                 try:
                     rec = orjson.loads(line)
+                    if isinstance(rec, dict) and isinstance(rec.get("gap"), dict):
+                        dropped += int(rec["gap"].get("records") or 0)  # audit_queue_bytes
+                        continue
                     ev = rec["event"]
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     bad += 1  # a torn last line after a crash
                     continue
                 ev["_state"] = rec.get("state")
@@ -84,7 +89,7 @@ def read_audit_dir(audit_dir: str | Path) -> DayLog:
         lst.sort(key=lambda e: (int(e.get("ts_published") or 0), int(e.get("seq") or 0)))
     eods = sorted((d / r["eod"] for r in runs if r.get("eod")), key=lambda p: p.stat().st_mtime)
     return DayLog(started, ended, dict(by_acct), runs=runs,
-                  eod=eods[-1] if eods else None, records=n, bad_lines=bad)
+                  eod=eods[-1] if eods else None, records=n, bad_lines=bad, dropped=dropped)
 
 
 def time_under_lines(events: list[dict], close_tier: int, t0: int, t1: int) -> dict:
@@ -394,7 +399,7 @@ class Reporter:
                       "peak": dict(zip(u.TIER_NAMES, peak.tolist(), strict=True)),
                       "series": _thin_series(series, 600)},
             "events": dict(kinds), "trading_patterns": dict(rules),
-            "audit_records": log.records,
+            "audit_records": log.records, "audit_dropped": log.dropped,
             "largest_exposures": exposures,
             "crowding": crowd,
         }

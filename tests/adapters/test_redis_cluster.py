@@ -67,6 +67,9 @@ def test_a_shard_and_a_liquidator_run_on_a_redis_cluster(redis_cluster_fresh, tm
     url = redis_cluster_fresh.url
     book, ids = _book(tmp_path)
     (tmp_path / "token").write_text(TOKEN)
+    key = tmp_path / "alert.key"
+    key.write_text("k1 " + "s" * 40 + "\n")
+    key.chmod(0o600)
     rc = _cluster_client(url)
     mine = [a for a in ids if shard_of(a, 2) == 0]
     assert any(a.startswith("F") for a in mine) and any(a.startswith("W") for a in mine)
@@ -75,7 +78,7 @@ def test_a_shard_and_a_liquidator_run_on_a_redis_cluster(redis_cluster_fresh, tm
          "--alerts-stream", "cl:alerts",
          "--feed", f"{url}/cl:ticks?start=0&block_ms=100",
          "--events", url + "/cl:events:{shard}?start=0&block_ms=100",
-         "--token-file", str(tmp_path / "token")], tmp_path)
+         "--token-file", str(tmp_path / "token"), "--alert-key-file", str(key)], tmp_path)
     try:
         forced = {a for a in mine if a.startswith("F")}
         # the start-up announcement of the shard's forced accounts, on the shard's stream
@@ -96,6 +99,8 @@ def test_a_shard_and_a_liquidator_run_on_a_redis_cluster(redis_cluster_fresh, tm
         _wait(lambda: any(e["account_id"] == cured and e.get("kind") == "CALL_CURED"
                           for e in _stream(rc, "cl:alerts:{0}")), proc, "the cure")
         events = _stream(rc, "cl:alerts:{0}")
+        assert all(f.get(b"sig") and f.get(b"kid") == b"k1"
+                   for _, f in rc.xrange("cl:alerts:{0}"))  # signed on the cluster too
         assert all(e["shard"] == 0 and shard_of(e["account_id"], 2) == 0 for e in events)
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert not rc.exists("cl:alerts") and not rc.exists("cl:alerts:{1}")
@@ -112,6 +117,7 @@ def test_a_shard_and_a_liquidator_run_on_a_redis_cluster(redis_cluster_fresh, tm
         [sys.executable, "-m", "monitor.cli", "liquidator", "--config", str(cfg),
          "--redis", url, "--redis-cluster", "--alerts-stream", "cl:alerts:{0}",
          "--hook", "redis:margin:orders:{0}", "--consumer", f"w{k}", "--until-idle", "3",
+         "--alert-key-file", str(key),
          "--log-level", "info"], stdout=subprocess.DEVNULL, stderr=logs[k].open("wb"))
         for k in range(2)]  # stderr to files: a full pipe would stall a worker
     for w, log in zip(workers, logs, strict=True):

@@ -261,3 +261,162 @@ def _tick(st, sym, price):
     s = st.book.symbol_index[sym]
     return (np.array([s], dtype=np.int64), np.array([price], dtype=np.int64),
             np.array([1], dtype=np.int64))
+
+
+# ---------------------------------------------------------------- snapshot and byte cap
+
+CREDIT_KINDS = ("CONCENTRATION", "CREDIT_LINE", "FINANCING_HALT")
+
+
+def _credit(events):
+    return [e for e in events if e["kind"] in CREDIT_KINDS]
+
+
+def _full_rotation(eng, now):
+    out = []
+    for _ in range(eng.credit.rotation_slices + 1):
+        out += eng.credit_slice(now)
+    return out
+
+
+def _moved(seed=4, n=150):
+    """An engine whose credit controls have announced crossings: a full rotation, financed
+    buys (lines, halts), a price move."""
+    from test_engine import random_ticks
+
+    doc, _ = _book(seed, n=n)
+    book = book_from_dict(doc)
+    st = MarginState(book, live=True)
+    eng = Engine(st, credit=CreditConfig(slice_accounts=40))
+    eng.start(0)
+    rng = np.random.default_rng(seed)
+    evs = _full_rotation(eng, 1)
+    for i in range(40):
+        a = book.account_ids[int(rng.integers(book.n_accounts))]
+        s = book.symbols[int(rng.integers(book.n_securities))]
+        evs += eng.apply_account_event({"type": "fill", "account_id": a, "symbol": s,
+                                        "side": "financed_buy", "qty": 5000, "price": "10",
+                                        "event_id": f"buy-{i}"}, 2)
+    # a financed buy large enough to halt financing in a security with a free float
+    cc, t = eng.credit, eng.credit.terms
+    s = next(s for s in range(book.n_securities) if t.free_float[s] > 0 and not cc.halted[s])
+    price = int(st.price[s])
+    need = int(t.halt_bp) * int(t.free_float[s]) * price // S - cc.financing_balance(s)
+    qty = (need // price // 100 + 1) * 100
+    evs += eng.apply_account_event({"type": "fill", "account_id": book.account_ids[0],
+                                    "symbol": book.symbols[s], "side": "financed_buy",
+                                    "qty": qty, "price": f"{price / 1000:.2f}",
+                                    "event_id": "halt-1"}, 2)
+    eng.add_ticks(*random_ticks(book, rng, 60))
+    evs += eng.cycle(3)
+    evs += _full_rotation(eng, 4)
+    return doc, book, eng, evs
+
+
+def test_a_restart_from_the_snapshot_does_not_re_announce_credit_events(tmp_path):
+    """Restored from a snapshot, a whole rotation announces no unchanged CONCENTRATION,
+    CREDIT_LINE or FINANCING_HALT; a snapshot without the credit state (an older version)
+    still loads, and its first rotation re-announces them (what the state prevents)."""
+    from monitor.adapters.snapshot import book_fingerprint, read_snapshot, write_snapshot
+
+    doc, book, a, evs = _moved()
+    kinds = {e["kind"] for e in _credit(evs)}
+    assert set(CREDIT_KINDS) <= kinds, kinds
+    assert a.credit.over and (a.credit.level != 0).any()
+    meta, arrays = a.export_state()
+    assert int(arrays["credit_version"][0]) == 1
+    meta.update(taken_ns=5, book=book_fingerprint(book))
+    write_snapshot(tmp_path, meta, arrays)
+    m, saved = read_snapshot(tmp_path, book_fingerprint(book))
+
+    def restored(arrs):
+        e = Engine(MarginState(book_from_dict(doc), live=True),
+                   credit=CreditConfig(slice_accounts=40))
+        e.restore_state(m, arrs, 6)
+        return e
+
+    b = restored(saved)
+    assert b.credit.cursor == a.credit.cursor
+    assert _credit(_full_rotation(b, 7)) == []
+    assert b.credit.over == a.credit.over
+    np.testing.assert_array_equal(b.credit.halted, a.credit.halted)
+    np.testing.assert_array_equal(b.credit.book_financing, a.credit.book_financing)
+    # the state goes on identically: the same changes give the same credit events
+    a.seq = b.seq
+    a.stamps.run_id = b.stamps.run_id
+    for eng in (a, b):
+        eng.credit.cursor = 0
+    fill = {"type": "fill", "account_id": book.account_ids[3], "symbol": book.symbols[2],
+            "side": "financed_buy", "qty": 20000, "price": "10", "event_id": "after-1"}
+    ea = a.apply_account_event(dict(fill), 8) + _full_rotation(a, 9)
+    eb = b.apply_account_event(dict(fill), 8) + _full_rotation(b, 9)
+    from test_engine import strip
+
+    assert strip(_credit(ea)) == strip(_credit(eb))
+
+    old = {k: v for k, v in saved.items() if not k.startswith("credit_")}
+    c = restored(old)  # a snapshot of the version before: loads, re-announces
+    again = _credit(_full_rotation(c, 7))
+    assert {e["account_id"] for e in again if e["kind"] == "CONCENTRATION"} == {
+        book.account_ids[i] for i in a.credit.over}
+
+
+def test_foreign_credit_state_is_refused_before_anything_changes(tmp_path):
+    doc, book, a, _ = _moved(seed=1, n=60)
+    meta, arrays = a.export_state()
+    fresh = Engine(MarginState(book_from_dict(doc), live=True))
+    cash = fresh.state.book.cash.copy()
+    for k, bad in (("credit_level", arrays["credit_level"][:, :-1]),
+                   ("credit_version", np.array([9], dtype=np.int64)),
+                   ("credit_over", np.array([[10**6, 0, 0, 1]], dtype=np.int64))):
+        with pytest.raises(ValueError, match="credit"):
+            fresh.restore_state(meta, {**arrays, k: bad}, 6)
+        np.testing.assert_array_equal(fresh.state.book.cash, cash)
+
+
+def test_the_credit_state_is_capped_by_bytes_and_the_drops_are_counted():
+    """Over-cap records past `state_bytes` are dropped oldest first (counted; the account is
+    re-announced when still over: a duplicate, never a miss); the financing diffs are
+    forgotten by a recount; the accounted bytes stay under the cap and cover what the entries
+    really allocate (tracemalloc)."""
+    import tracemalloc
+
+    from monitor.core import credit as cr
+
+    doc, _ = _book(3, n=400)
+    st = MarginState(book_from_dict(doc), live=True)
+    cap = 12 * (cr.OVER_ENTRY_BYTES + 2 * cr.OVER_ITEM_BYTES)
+    eng = Engine(st, credit=CreditConfig(slice_accounts=400, max_changes=10**6,
+                                         state_bytes=cap))
+    eng.start(0)
+    cc = eng.credit
+    evs = _credit(_full_rotation(eng, 1))
+    over = [e for e in evs if e["kind"] == "CONCENTRATION"]
+    assert len(over) > 20  # many more accounts over a cap than the state may hold
+    assert cc.state_bytes <= cap and cc.dropped >= len(over) - 12 and len(cc.over) <= 12
+    # a dropped account is announced again by the next rotation (it is still over)
+    again = [e for e in _credit(_full_rotation(eng, 2)) if e["kind"] == "CONCENTRATION"]
+    assert again and cc.state_bytes <= cap
+    # the financing diffs are in the budget too: touching many accounts recounts
+    b = st.book
+    before = cc.recounts
+    for i in range(60):
+        eng.apply_account_event({"type": "fill", "account_id": b.account_ids[i],
+                                 "symbol": b.symbols[i % b.n_securities],
+                                 "side": "financed_buy", "qty": 100, "price": "10",
+                                 "event_id": f"cap-{i}"}, 3)
+    if cc.any_halt:
+        assert cc.recounts > before and cc.state_bytes <= cap
+    stats = cc.stats()
+    assert stats["dropped"] == cc.dropped and stats["max_bytes"] == cap
+
+    # the allowances cover the real allocation of the entries
+    big = CreditControls(st, eng.stamps, eng.reported, CreditConfig(state_bytes=2**40))
+    tracemalloc.start()
+    t0 = tracemalloc.take_snapshot()
+    for a in range(300):
+        big._set_over(a, {(0, a % 7): 5000, (1, a % 3): 6000})
+    t1 = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    real = sum(x.size_diff for x in t1.compare_to(t0, "filename"))
+    assert 0 < real <= big.state_bytes, (real, big.state_bytes)

@@ -198,3 +198,59 @@ def test_defaults_are_documented_values():
         (3, 3600.0, 10.0)
     assert (c.thin_turnover.multiple, c.thin_turnover.thin_value,
             c.thin_turnover.min_value) == (3.0, 5_000_000.0, 1_000_000.0)
+
+
+# ------------------------------------------------------------------ byte cap
+def _buys(eng, n_per_key=3):
+    """One leg of buys per (account, security) of the sample book, in key order, each key's
+    fills after the previous key's: nothing fires, everything is held."""
+    b = eng.state.book
+    keys = [(a, s) for a in b.account_ids for s in b.symbols]
+    i = 0
+    for a, s in keys:
+        for _ in range(n_per_key):
+            eng.patterns.observe(fill(i, "collateral_buy", T0 + i * S, account=a, symbol=s),
+                                 T0 + i * S)
+            i += 1
+    return keys, i
+
+
+def test_pattern_state_is_capped_by_bytes_oldest_first_and_the_drops_are_counted():
+    from monitor.core import patterns as pt
+
+    eng = engine({"round_trips": {"count": 3, "window_s": 10**6}})
+    w = eng.patterns
+    per_key = pt.KEY_BYTES + 3 * pt.FILL_BYTES
+    w.config.state_bytes = 10 * per_key
+    keys, n = _buys(eng)
+    assert len(keys) > 20
+    st = w.stats()
+    assert st["bytes"] <= w.config.state_bytes and st["tracked"] <= 10
+    held = sum(len(fl) for legs in w._trips.values() for _, fl in legs.legs)
+    assert st["dropped_fills"] == n - held and st["dropped_entries"] == len(keys) - st["tracked"]
+    # the newest keys are the ones kept
+    b = eng.state.book
+    kept = {(b.account_ids[a], b.symbols[s]) for a, s in w._trips}
+    assert kept == set(keys[-st["tracked"]:])
+    # a dropped key starts afresh: its old fills no longer count towards a pattern
+    a, s = keys[0]
+    hits = []
+    for k, side in enumerate(["collateral_sell", "collateral_buy"] * 2 + ["collateral_sell"]):
+        hits += w.observe(fill(n + k, side, T0 + (n + k) * S, account=a, symbol=s),
+                          T0 + (n + k) * S)
+    assert hits == []  # 5 legs: 2 trips; with the dropped buys it would have been 3
+
+
+def test_pattern_state_allowances_cover_the_real_allocation():
+    import tracemalloc
+
+    eng = engine({"round_trips": {"count": 3, "window_s": 10**6}})
+    w = eng.patterns
+    w.config.state_bytes = 2**40
+    tracemalloc.start()
+    t0 = tracemalloc.take_snapshot()
+    _buys(eng)
+    t1 = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    real = sum(x.size_diff for x in t1.compare_to(t0, "filename"))
+    assert 0 < real <= w.nbytes, (real, w.nbytes)

@@ -702,7 +702,7 @@ def test_no_redis_with_until_idle_exits_1_without_leaking_the_password(caplog):
     port = free_port()
     with caplog.at_level("INFO", logger="monitor.liquidator"):
         rc = cli_main(["liquidator", "--redis", f"redis://:s3cret-pw@127.0.0.1:{port}/0",
-                       "--until-idle", "0.2"])
+                       "--until-idle", "0.2", "--insecure-unsigned-alerts"])
     assert rc == 1 and "giving up" in caplog.text
     assert "s3cret-pw" not in caplog.text and ":***@" in caplog.text
 
@@ -737,7 +737,8 @@ def test_dry_run_logs_only(redis_fresh, r, caplog):
     publish(r, fl_event("run-d1", "D1"))
     with caplog.at_level("WARNING", logger="monitor.liquidator"):
         rc = cli_main(["liquidator", "--redis", redis_fresh.url, "--dry-run",
-                       "--hook", f"redis:{ORDERS}", "--until-idle", "0.3", "--consumer", "d"])
+                       "--hook", f"redis:{ORDERS}", "--until-idle", "0.3", "--consumer", "d",
+                       "--insecure-unsigned-alerts"])
     assert rc == 0
     assert "DRY RUN order run-d1-0" in caplog.text
     assert not r.exists(ORDERS) and not r.exists("margin:liq:done:run-d1")
@@ -805,7 +806,8 @@ async def test_a_stale_plan_is_repriced_by_the_monitor_before_it_is_sent(redis_f
         publish(r, fl_event("run-p1", "P1", qty=4400, priced_ns=old),
                 fl_event("run-p2", "P-UNKNOWN", priced_ns=old))
         cfg = cfg_for(redis_fresh.url, max_plan_age=5.0, repricer=stub.url,
-                      repricer_token="monitor-token-0123456789", concurrency=1)
+                      repricer_token="monitor-token-0123456789", concurrency=1,
+                      confirm_plans=False)  # the stub re-prices only (see test_signed_alerts)
         await run_worker(cfg)
     finally:
         stub.close()

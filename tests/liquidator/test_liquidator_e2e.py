@@ -34,6 +34,7 @@ from test_liquidator import (
     vector_ratio_after,
 )
 
+from monitor.adapters.signing import write_key_file
 from monitor.liquidator import HttpRepricer
 
 TOKEN = "liquidator-e2e-token-0123456789"
@@ -53,8 +54,11 @@ def write_config(path, **kw) -> str:
 def test_real_monitor_alerts_become_the_vector_orders(redis_fresh, tmp_path):
     """`margin-monitor run` on the sample book (TV1, TV3, TV7 in a profile whose
     forced-liquidation line they are under; TV8 underwater) announces the forced liquidations;
-    `margin-monitor liquidator` turns them into the spec's lot-rounded orders."""
+    `margin-monitor liquidator` turns them into the spec's lot-rounded orders. Both share one
+    alert key file: every alert is signed and verified."""
     url = redis_fresh.url
+    key = tmp_path / "alert.key"
+    write_key_file(key)
     book = tmp_path / "book.json"
     book.write_text(json.dumps(sample_doc(strict=("C-TV1", "C-TV3", "C-TV7"))))
     ticks = tmp_path / "ticks.jsonl"
@@ -62,7 +66,8 @@ def test_real_monitor_alerts_become_the_vector_orders(redis_fresh, tmp_path):
     ticks.write_text(json.dumps({"symbol": "600519.SH", "price": 20.01, "ts": time.time_ns()})
                      + "\n")
     run = subprocess.run(cli("run", "--book", str(book), "--feed", f"replay:{ticks}",
-                             "--redis", url, "--until-feed-ends", "--listen", "127.0.0.1:0"),
+                             "--redis", url, "--until-feed-ends", "--listen", "127.0.0.1:0",
+                             "--alert-key-file", str(key)),
                          cwd=tmp_path, env=ENV, capture_output=True, timeout=60)
     assert run.returncode == 0, run.stderr.decode()[-2000:]
     conf = write_config(tmp_path / "liquidator.toml", max_plan_age=120.0, block=0.1,
@@ -70,7 +75,7 @@ def test_real_monitor_alerts_become_the_vector_orders(redis_fresh, tmp_path):
     liq = subprocess.run(cli("liquidator", "--config", conf, "--redis", url,
                              "--alerts-stream", "margin:alerts", "--group", "liq",
                              "--consumer", "c1", "--hook", f"redis:{ORDERS}", "--mode", "auto",
-                             "--until-idle", "0.5"),
+                             "--until-idle", "0.5", "--alert-key-file", str(key)),
                          cwd=tmp_path, env=ENV, capture_output=True, timeout=60)
     assert liq.returncode == 0, liq.stderr.decode()[-2000:]
     r = redis.Redis.from_url(url)
@@ -86,6 +91,8 @@ def test_real_monitor_alerts_become_the_vector_orders(redis_fresh, tmp_path):
     assert (tv8["qty"], tv8["liquidation_status"], tv8["shortfall"]) == (
         50_000, "UNREACHABLE_FULL_LIQUIDATION", 56000.0)
     assert pending_count(r, group="liq") == 0
+    assert all(f.get(b"sig") and f.get(b"kid") == b"k1" for _, f in r.xrange("margin:alerts"))
+    assert not dead_in(r)  # every alert verified
 
 
 def test_worker_killed_mid_hook_another_reclaims_and_the_order_takes_effect_once(
@@ -106,7 +113,7 @@ def test_worker_killed_mid_hook_another_reclaims_and_the_order_takes_effect_once
                         webhook_timeout=30.0, backoff_initial=0.05, backoff_max=0.2,
                         block=0.1, max_plan_age=3600.0, cooldown=0.0)
     base = ["liquidator", "--config", conf, "--redis", url, "--hook", rec.url,
-            "--webhook-secret-file", str(secret)]
+            "--webhook-secret-file", str(secret), "--insecure-unsigned-alerts"]
     a = subprocess.Popen(cli(*base, "--consumer", "A"), cwd=tmp_path, env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -210,7 +210,8 @@ async def test_repricing_reuses_one_connection(redis_fresh, r, serve):
     old = time.time_ns() - 60 * 10**9
     publish(r, *(fl_event(f"run-rp{i}", f"RP{i}", priced_ns=old) for i in range(4)))
     w = await run_worker(cfg_for(redis_fresh.url, hook=f"redis:{ORDERS}", max_plan_age=5.0,
-                                 repricer=srv.url(""), repricer_token=TOKEN, concurrency=1))
+                                 repricer=srv.url(""), repricer_token=TOKEN, concurrency=1,
+                                 confirm_plans=False))  # re-pricing only
     assert w.stats["repriced"] == 4 and [o["qty"] for o in orders_in(r)] == [300] * 4
     assert [q["path"] for q in srv.requests] == [f"/api/account?id=RP{i}" for i in range(4)]
     assert srv.connections == 1

@@ -110,7 +110,7 @@ async def test_worker_metrics_count_what_it_did(redis_fresh):
 
 def test_cli_serves_metrics_and_refuses_a_public_address(redis_fresh, tmp_path):
     cmd = [sys.executable, "-m", "monitor.cli", "liquidator", "--redis", redis_fresh.url,
-           "--hook", "redis:t:orders"]
+           "--hook", "redis:t:orders", "--insecure-unsigned-alerts"]
     p = subprocess.run(cmd + ["--metrics-listen", "0.0.0.0:9464"], capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 2 and "not a loopback address" in p.stderr, p.stderr

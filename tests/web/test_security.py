@@ -253,13 +253,15 @@ def test_loopback_by_default_and_token_rules(monkeypatch, tmp_path):
 
 
 def test_secret_comparisons_are_constant_time():
-    """Every comparison against the token, the desk session or a webhook signature goes
-    through hmac.compare_digest: no `==` / `!=` / `in` on those names in the sources."""
+    """Every comparison against the token, the desk session, a webhook signature or an alert
+    signature goes through hmac.compare_digest: no `==` / `!=` / `in` on those names in the
+    sources."""
     secret_names = {"_token", "token", "_session", "session", "signature", "cred", "cand",
-                    "secret", "webhook_secret"}
+                    "secret", "webhook_secret", "sig", "mac"}
     files = [*sorted((ROOT / "monitor" / "web").rglob("*.py")),
              *sorted((ROOT / "monitor" / "desk").rglob("*.py")),
-             ROOT / "monitor" / "liquidator" / "hooks.py"]
+             ROOT / "monitor" / "liquidator" / "hooks.py",
+             ROOT / "monitor" / "adapters" / "signing.py"]
     bad = []
     for f in files:
         tree = ast.parse(f.read_text())

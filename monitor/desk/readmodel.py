@@ -51,6 +51,7 @@ from kernels.desk import (
 )
 from kernels.stress import distances
 from monitor.adapters.outbox import encode_event
+from monitor.book.contracts import NOTICE_DUE, NOTICE_EXPIRED, contract_dict
 from monitor.core.engine import Engine
 from monitor.core.state import yuan
 from monitor.desk.eventring import EventRing
@@ -581,6 +582,7 @@ class Desk:
             "negative_cash": yuan(max(-cash, 0)), "other_debt": yuan(int(b.other_debt[a])),
         }
         out["positions"] = positions
+        out["contracts"] = _contracts(b, st, a, lo, used)
         if fig["liquidation_status"] != u.STATUS_NAMES[u.NOT_REQUIRED]:
             orders, ratio_after, residual = st.plan(a)
             out["plan"] = {"orders": orders, "ratio_after": ratio_after, "residual": residual}
@@ -864,3 +866,20 @@ def _tiers(v: str | None) -> list[int] | None:
 
 def _same(x: float, y: float) -> bool:
     return (x != x and y != y) or abs(x - y) < 1e-7
+
+
+def _contracts(b, st, a: int, lo: int, used: int) -> list[dict]:
+    """The account's open contracts (负债合约), in repayment order (oldest first)."""
+    if b.pos_cid is None:
+        return []
+    rows = [j for j in range(lo, lo + used) if b.pos_kind[j] != u.COLLATERAL
+            and (b.pos_cost[j] > 0 if b.pos_kind[j] == u.FINANCED else b.pos_qty[j] > 0)]
+    rows.sort(key=lambda j: int(b.pos_cid[j]))
+    out = []
+    for j in rows:
+        c = contract_dict(b, j, int(st.price[b.pos_sec[j]]))
+        c["notice"] = ("EXPIRED" if b.pos_notice[j] & NOTICE_EXPIRED else
+                       "DUE" if b.pos_notice[j] & NOTICE_DUE else None)
+        out.append(c)
+    return out
+

@@ -6,6 +6,7 @@ decision. Also `add_credit_terms`, which puts random credit fields on a bookgen 
 from __future__ import annotations
 
 import random
+from datetime import date
 from decimal import Decimal
 
 import reference as ref
@@ -207,9 +208,8 @@ class CreditRef:
             want = "financed" if kind == "financed_buy" else "short"
             if act.get("margin_ratio") is not None:
                 margin = ref.dec(act["margin_ratio"])
-            else:
-                rows = [p for p in m["positions"] if p.symbol == sym and p.kind == want]
-                margin = rows[0].margin_ratio if rows else D(1)
+            else:  # a new contract: never an older contract's ratio; the latest minimum
+                margin = ref.default_margin_ratio(want, date.max)
             amb = ref.available_margin_balance(m, m["price"])
             if amb < V * margin:
                 out.append(("INSUFFICIENT_MARGIN", ref.fen(V * margin)))

@@ -24,7 +24,9 @@ import orjson
 
 from kernels import units as u
 from kernels.ratios import tier_of
+from monitor.book.contracts import default_margin_ratio_bp
 from monitor.book.credit_terms import CreditTerms, terms_of
+from monitor.core.calendar import china_day
 from monitor.core.credit import halt_flags
 from monitor.core.state import MarginState, yuan
 from monitor.errors import PretradeError
@@ -38,7 +40,7 @@ TRADES = ("financed_buy", "short_sale", "collateral_buy", "collateral_sell")
 # actions that add exposure or take assets out: checked for concentration after the trade
 CONCENTRATING = ("financed_buy", "short_sale", "collateral_buy", "cash_withdrawal",
                  "collateral_transfer_out")
-DEFAULT_MARGIN_BP = 10_000  # contract margin ratio when neither the action nor a position says
+DEFAULT_MARGIN_BP = 10_000  # the latest exchange minimum (monitor/book/contracts.py), for reference
 MAX_BODY = 16 * 1024
 S = u.RATIO_SCALE
 
@@ -248,10 +250,12 @@ def concentration(state: MarginState, t: CreditTerms, p: int, A: int, L: int,
 
 
 def check(state: MarginState, account_id: str, action: dict | Action,
-          controls=None) -> Decision:
+          controls=None, day: int | None = None) -> Decision:
     """Allowed or refused, with every reason. `controls` (monitor/credit.py CreditControls)
     supplies the live financing-halt state; without it the halt is judged from the book alone
-    (halted at or above the halt share, no memory of an earlier halt)."""
+    (halted at or above the halt share, no memory of an earlier halt). `day` (date ordinal,
+    China time): the day a new contract would open, for its margin ratio; None: the latest
+    exchange minimum."""
     b = state.book
     a = b.account_index.get(account_id) if isinstance(account_id, str) else None
     if a is None:
@@ -302,11 +306,16 @@ def check(state: MarginState, account_id: str, action: dict | Action,
             reasons.append({"code": "NEW_DEBT_BLOCKED", "tier": u.TIER_NAMES[tier],
                             "blocked_at": u.TIER_NAMES[block], "ratio": _ratio(A, L)})
         k_new = u.FINANCED if kind == "financed_buy" else u.SHORT
+        # a new contract's own ratio (monitor/book/contracts.py): the action's, else the
+        # profile's, else the exchange minimum of the day; never an older contract's
         if act.margin_bp is not None:
             m = act.margin_bp
         else:
-            i = acct.row(s, k_new)
-            m = acct.rows[i][4] if i >= 0 and acct.rows[i][4] > 0 else DEFAULT_MARGIN_BP
+            ct = b.contract_terms
+            m = int((ct.fin_bp if k_new == u.FINANCED else ct.short_bp)[p]) if ct is not None \
+                else -1
+            if m < 0:
+                m = default_margin_ratio_bp(k_new, day or 0)
         amb4 = acct.amb4(price, hc_bp)
         need4 = V * m
         figures.update({"available_margin_balance": yuan(amb4 / S),
@@ -431,7 +440,8 @@ class PretradeService:
                 raise PretradeError("malformed", "body must be a JSON object")
             action = doc.get("action", doc)
             decision = check(self.engine.state, doc.get("account_id"), action,
-                             self.engine.credit)
+                             self.engine.credit,
+                             china_day(self.engine.now(time.time_ns())))
         except PretradeError as e:
             self.rejects[e.code] += 1
             now = time.monotonic()

@@ -51,7 +51,7 @@ from kernels.desk import (
 )
 from kernels.stress import distances
 from monitor.adapters.outbox import encode_event
-from monitor.book.contracts import NOTICE_DUE, NOTICE_EXPIRED, contract_dict
+from monitor.book.contracts import NOTICE_DUE, NOTICE_EXPIRED, contract_dict, contract_row
 from monitor.core.engine import Engine
 from monitor.core.state import yuan
 from monitor.desk.eventring import EventRing
@@ -583,6 +583,13 @@ class Desk:
         }
         out["positions"] = positions
         out["contracts"] = _contracts(b, st, a, lo, used)
+        # the plan that closes each expired contract still open, at the current prices (the
+        # liquidator's re-pricing of a CONTRACT_EXPIRED, monitor/liquidator/repricer.py)
+        t = eng.now(time.time_ns())
+        out["contract_plans"] = {
+            c["contract_id"]: eng.contracts.plan(a, j, t) for c, j in
+            ((c, contract_row(b, a, c["contract_id"])) for c in out["contracts"]
+             if c["notice"] == "EXPIRED") if j >= 0}
         if fig["liquidation_status"] != u.STATUS_NAMES[u.NOT_REQUIRED]:
             orders, ratio_after, residual = st.plan(a)
             out["plan"] = {"orders": orders, "ratio_after": ratio_after, "residual": residual}

@@ -563,3 +563,7 @@ def test_the_drill_down_lists_contracts_and_the_feed_holds_contract_events():
                                          ("FX", 1.0, "2026-12-04", "EXPIRED")]
     assert d["contracts"][1]["principal"] == 100000.0 and d["contracts"][1]["qty"] == 10000
     assert [e["kind"] for e in d["events"]].count("CONTRACT_EXPIRED") == 1
+    # the plan that closes the expired contract, for the liquidator's re-pricing
+    assert list(d["contract_plans"]) == ["FX"]
+    (o,) = d["contract_plans"]["FX"]["orders"]
+    assert (o["qty"], o["purpose"], o["contract_id"]) == (10000, "sell_to_repay", "FX")

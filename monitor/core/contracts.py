@@ -65,12 +65,14 @@ class ContractWatch:
         if not live.any():
             return []
         cal = eng.lifecycle.calendar
+        unsent = (b.pos_notice & NOTICE_EXPIRED) == 0
         try:
             nxt = cal.add_days(day, 1)
-        except CalendarUnknown as e:
-            eng.lifecycle.note_unknown(e, "contract_expiry")
-            nxt = day + 1  # what is surely expired: the term ends up to today
-        expire = live & (term < nxt) & ((b.pos_notice & NOTICE_EXPIRED) == 0)
+        except CalendarUnknown as e:  # what is surely expired: the term ends up to today
+            nxt = day + 1
+            if (live & unsent & (term > day)).any():  # refused loudly, never guessed
+                eng.lifecycle.note_unknown(e, "contract_expiry")
+        expire = live & (term < nxt) & unsent
         cand = np.flatnonzero(live & ~expire & (b.pos_notice == 0))
         due = np.zeros(0, dtype=np.int64)
         if cand.shape[0]:
@@ -81,9 +83,12 @@ class ContractWatch:
                 sel = days == n
                 try:
                     horizon = cal.add_days(day, int(n))
-                except CalendarUnknown as e:  # refused loudly, never guessed
-                    eng.lifecycle.note_unknown(e, "contract_due")
-                    continue
+                except CalendarUnknown as e:
+                    # fewer than n trading days are known after `day`: a term end the
+                    # calendar knows is surely within them; a later one is refused loudly
+                    horizon = cal.last
+                    if (sel & (term[cand] > horizon)).any():
+                        eng.lifecycle.note_unknown(e, "contract_due")
                 keep |= sel & (term[cand] <= horizon)
             due = cand[keep]
         t = close_ns(day)

@@ -452,3 +452,26 @@ def test_the_available_margin_balance_deducts_every_contract_s_own_margin(rows, 
     m = ref.amounts(ref.RefBook(doc), doc["accounts"][0], {"600000.SH": D(price)})
     want = ref.available_margin_balance(m, {"600000.SH": D(price)})
     assert abs(D(repr(got)) - want) <= D("0.005")
+
+
+def test_a_notice_the_calendar_cannot_date_is_refused_loudly_not_guessed():
+    """Near the last day the exchange calendar knows (2026-12-31 until 2027's closures are
+    configured), a term end it knows still gets its CONTRACT_DUE; one past it is refused with
+    CALENDAR_UNKNOWN (cause contract_due), never counted on weekdays."""
+    from monitor.core.calendar import default_calendar
+
+    last = default_calendar().last_day
+    doc = due_doc("2026-12-31")
+    doc["accounts"][0]["positions"].append(
+        {"symbol": "600000.SH", "kind": "financed", "qty": 100, "financed_cost": "1000",
+         "contract_id": "LATER", "open_date": "2026-07-10", "term_end": "2027-01-08"})
+    e = engine(doc)
+    e.start(WALL)
+    if last != date(2026, 12, 31):
+        pytest.skip(f"the calendar knows through {last}")
+    tick(e, "600000.SH", "10.00", at(date(2026, 12, 28), 10))
+    ev = tick(e, "600000.SH", "10.00", at(date(2026, 12, 29), 10))  # the close of 12-28
+    assert kinds(ev) == [("CONTRACT_DUE", "K", at(date(2026, 12, 28), 15))]
+    unknown = [x for x in ev if x["kind"] == "CALENDAR_UNKNOWN"]
+    assert [x["cause"] for x in unknown] == ["contract_due"]
+    assert e.calendar_health()["calendar_ok"] is False

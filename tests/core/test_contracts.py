@@ -475,3 +475,43 @@ def test_a_notice_the_calendar_cannot_date_is_refused_loudly_not_guessed():
     unknown = [x for x in ev if x["kind"] == "CALENDAR_UNKNOWN"]
     assert [x["cause"] for x in unknown] == ["contract_due"]
     assert e.calendar_health()["calendar_ok"] is False
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("sell"), st.integers(min_value=1, max_value=6).map(lambda k: k * 100),
+              st.sampled_from(["6", "10", "14"])),
+    st.tuples(st.just("repay"), st.integers(min_value=1, max_value=9_000), st.just(""))),
+    min_size=1, max_size=8))
+def test_sales_take_the_oldest_contract_s_shares_first_and_interest_comes_first(ops):
+    """Sales of 600001.SH without a named contract and direct repayments, in any mix: the
+    shares of the newer contract (C2) are never sold while the older (C1) owes and holds any,
+    and every yuan goes to interest first. (The proceeds repay the contract whose shares were
+    sold, as sell_to_repay says: so C2 may be repaid while C1 still owes, once C1's shares are
+    gone.)"""
+    e = engine(three_contracts_doc())
+    e.start(WALL)
+    b = e.state.book
+    c1, c2 = contract_row(b, 0, "C1"), contract_row(b, 0, "C2")
+    for i, (op, x, px) in enumerate(ops):
+        if op == "sell":
+            ev = {"type": "fill", "account_id": "A", "symbol": "600001.SH",
+                  "side": "sell_to_repay", "qty": x, "price": px, "event_id": f"s{i}"}
+        else:
+            ev = {"type": "repayment", "account_id": "A", "amount": str(x),
+                  "source": "external", "event_id": f"r{i}"}
+        accrued = int(b.accrued[0])
+        debt = sum(int(b.pos_cost[j]) for j in e.account_events.ledger.rows(0)
+                   if b.pos_kind[j] == u.FINANCED)
+        try:
+            e.apply_account_event(ev, WALL)
+        except AccountEventError:
+            continue
+        if int(b.accrued[0]) > 0:  # interest left: no principal was repaid
+            assert sum(int(b.pos_cost[j]) for j in e.account_events.ledger.rows(0)
+                       if b.pos_kind[j] == u.FINANCED) == debt
+        assert int(b.accrued[0]) <= accrued
+        if int(b.pos_qty[c2]) < 500:  # (shares of a repaid contract go last)
+            assert int(b.pos_qty[c1]) == 0 or int(b.pos_cost[c1]) == 0
+        if int(b.pos_qty[c1]) > 0:  # only C1's shares sold yet: C2 repaid only after C1
+            assert int(b.pos_cost[c2]) == 5_000_000 or int(b.pos_cost[c1]) == 0

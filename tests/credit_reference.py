@@ -206,10 +206,10 @@ class CreditRef:
             if block and block != "none" and TIER_ORDER.index(tier) <= TIER_ORDER.index(block):
                 out.append(("NEW_DEBT_BLOCKED", tier))
             want = "financed" if kind == "financed_buy" else "short"
-            if act.get("margin_ratio") is not None:
-                margin = ref.dec(act["margin_ratio"])
-            else:  # a new contract: never an older contract's ratio; the latest minimum
-                margin = ref.default_margin_ratio(want, date.max)
+            # a new contract: never an older contract's ratio; the latest minimum
+            margin = ref.default_margin_ratio(want, date.max)
+            if act.get("margin_ratio") is not None:  # it can only raise the requirement
+                margin = max(margin, ref.dec(act["margin_ratio"]))
             amb = ref.available_margin_balance(m, m["price"])
             if amb < V * margin:
                 out.append(("INSUFFICIENT_MARGIN", ref.fen(V * margin)))

@@ -306,16 +306,16 @@ def check(state: MarginState, account_id: str, action: dict | Action,
             reasons.append({"code": "NEW_DEBT_BLOCKED", "tier": u.TIER_NAMES[tier],
                             "blocked_at": u.TIER_NAMES[block], "ratio": _ratio(A, L)})
         k_new = u.FINANCED if kind == "financed_buy" else u.SHORT
-        # a new contract's own ratio (monitor/book/contracts.py): the action's, else the
-        # profile's, else the exchange minimum of the day; never an older contract's
+        # the new contract's own ratio (monitor/book/contracts.py): the profile's, else the
+        # exchange minimum of the day, never an older contract's; the caller may ask for
+        # more margin, never for less
+        ct = b.contract_terms
+        m = int((ct.fin_bp if k_new == u.FINANCED else ct.short_bp)[p]) if ct is not None \
+            else -1
+        if m < 0:
+            m = default_margin_ratio_bp(k_new, day or 0)
         if act.margin_bp is not None:
-            m = act.margin_bp
-        else:
-            ct = b.contract_terms
-            m = int((ct.fin_bp if k_new == u.FINANCED else ct.short_bp)[p]) if ct is not None \
-                else -1
-            if m < 0:
-                m = default_margin_ratio_bp(k_new, day or 0)
+            m = max(m, act.margin_bp)
         amb4 = acct.amb4(price, hc_bp)
         need4 = V * m
         figures.update({"available_margin_balance": yuan(amb4 / S),

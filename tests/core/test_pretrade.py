@@ -318,7 +318,8 @@ async def test_pretrade_endpoint_on_a_running_monitor(monitor_proc):
     ("2026-01-16", {}, {}, 0.8),  # before 2026-01-19 the minimum was 80%
     ("2026-01-19", {}, {}, 1.0),
     ("2026-03-02", {"fin_margin_ratio": "1.20"}, {}, 1.2),  # the profile's
-    ("2026-03-02", {"fin_margin_ratio": "1.20"}, {"margin_ratio": "1.5"}, 1.5),  # the action's
+    ("2026-03-02", {"fin_margin_ratio": "1.20"}, {"margin_ratio": "1.5"}, 1.5),  # raised
+    ("2026-03-02", {}, {"margin_ratio": "0.5"}, 1.0),  # the caller cannot lower it
 ])
 def test_a_financed_buy_is_checked_at_the_new_contract_s_own_margin_ratio(day, profile, action,
                                                                          want):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from monitor.book.data import SAMPLE_BOOK
 
@@ -77,6 +78,29 @@ def _make_book(args) -> int:
     return EXIT_OK
 
 
+def _split_book(args) -> int:
+    from monitor.book.load import BookError, build_book, read_tables
+    from monitor.book.shard import MAX_SHARDS, Shard, split_tables, write_tables
+
+    if not 1 <= args.shards <= MAX_SHARDS:
+        print(f"margin-monitor split-book: --shards must be in [1, {MAX_SHARDS}]",
+              file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(args.out)
+    try:
+        tables, names = read_tables(args.book)
+        build_book(tables, names, source=Path(args.book).name)  # the whole book must load
+    except BookError as e:
+        print(f"margin-monitor split-book: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    for i, part in enumerate(split_tables(tables, args.shards)):
+        folder = out / f"shard-{i}-of-{args.shards}"
+        write_tables(part, folder, fmt=args.format)
+        print(f"{folder}: shard {Shard(i, args.shards)}, {part['accounts'].num_rows} accounts",
+              file=sys.stderr)
+    return EXIT_OK
+
+
 def _setup_logging(level: str) -> None:
     import logging
 
@@ -127,7 +151,7 @@ def _run(args) -> int:
             "token_file": args.token_file, "state_dir": args.state_dir,
             "snapshot_interval_s": args.snapshot_interval, "audit_dir": args.audit_dir,
             "tls_cert": args.tls_cert, "tls_key": args.tls_key,
-            "pretrade_listen": args.pretrade_listen,
+            "pretrade_listen": args.pretrade_listen, "shard": args.shard,
             "until_feed_ends": True if args.until_feed_ends else None})
         if not cfg.book:
             raise ConfigError("no book: give --book PATH or `book` in the config file")
@@ -140,7 +164,7 @@ def _run(args) -> int:
         cfg.desk_event_budget  # noqa: B018 - a bad desk_event_bytes stops here
         cfg.resolve_token()
         tls = cfg.ssl_context() is not None  # bad certificate files stop here
-        book = load_book(cfg.book)
+        book = load_book(cfg.book, shard=cfg.shard_spec)
     except (ConfigError, BookError) as e:
         print(f"margin-monitor run: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -178,7 +202,7 @@ def _demo(args) -> int:
 
     def banner(mon):
         host, port = mon.bound
-        redis_line = (f"Redis stream {cfg.alerts_stream} at {mon.outbox.stats()['url']}"
+        redis_line = (f"Redis stream {cfg.alerts_stream_resolved} at {mon.outbox.stats()['url']}"
                       if mon.outbox is not None else
                       "Redis: not used (no redis-server on PATH and no --redis given); "
                       "alerts go to the websocket only")
@@ -229,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--quiet", action="store_true", help="no progress bar")
     mb.set_defaults(func=_make_book)
 
+    sb = sub.add_parser("split-book", help="cut a book into N shards (crc32(account_id) mod N), "
+                                           "one folder each: OUT/shard-I-of-N")
+    sb.add_argument("book", help="book JSON file or folder of tables")
+    sb.add_argument("--shards", type=int, required=True, help="N")
+    sb.add_argument("--out", required=True, help="output folder")
+    sb.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    sb.set_defaults(func=_split_book)
+
     run = sub.add_parser("run", help="run the monitor: feed in, alerts out (Redis + websocket)")
     run.add_argument("--config", help="monitor.toml; flags below override it")
     run.add_argument("--book", help="book JSON file or folder of tables")
@@ -248,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pretrade-listen", metavar="HOST:PORT",
                      help="also serve POST /api/pretrade with keep-alive connections here "
                           "(off by default; port 0 = any free port; same token)")
+    run.add_argument("--shard", metavar="I/N",
+                     help="monitor only shard I of N (accounts with crc32(id) mod N == I), "
+                          "from the whole book or its split-book folder; alerts go to "
+                          "<alerts stream>:{I}")
     run.add_argument("--until-feed-ends", action="store_true",
                      help="exit 0 once a finite feed is drained and every event published")
     run.add_argument("--audit-dir", help="write audit records (the state behind every alert) "

@@ -187,6 +187,18 @@ class CreditRef:
         if kind in ("financed_buy", "short_sale", "collateral_buy", "collateral_sell") \
                 and sec.get("suspended"):
             out.append(("SUSPENDED", sym))
+        if kind in ("financed_buy", "short_sale", "collateral_buy", "collateral_sell"):
+            rs = ref.Security(sec)
+            if act.get("price") is not None and not rs.limit_down <= px <= rs.limit_up:
+                out.append(("PRICE_OUTSIDE_BAND", px))
+            # whole lots (STAR / Beijing: the minimum, then single shares); a sale may also
+            # take the whole odd remainder of what is held
+            step = 1 if rs.board in ref.ONE_SHARE_STEPS else 100
+            ok = qty >= rs.lot and (qty - rs.lot) % step == 0
+            if not ok and kind == "collateral_sell" and 0 < qty <= held:
+                ok = qty % step == held % step if step > 1 else qty == held
+            if not ok:
+                out.append(("LOT_SIZE", qty))
         if kind == "financed_buy" and sec.get("financing_eligible") is False:
             out.append(("NOT_ELIGIBLE", "financing"))
         if kind == "short_sale" and sec.get("short_eligible") is False:

@@ -100,6 +100,19 @@ class AuditLog:
             self.blocked += 1
             self._q.put(snap)
 
+    def record_fill(self, ev: dict, now_ns: int) -> None:
+        """An applied fill (for statements: the executed liquidations), as a ``FILL`` record
+        beside the alert events; its ``order_id`` ties it to the order that was sent."""
+        keep = ("account_id", "symbol", "side", "qty", "price", "fee", "order_id", "event_id",
+                "hold_id", "ts")
+        fill = {"kind": "FILL", **{k: ev[k] for k in keep if k in ev}, "ts_published": now_ns}
+        self.records += 1
+        try:
+            self._q.put_nowait({"fill": fill})
+        except queue.Full:
+            self.blocked += 1
+            self._q.put({"fill": fill})
+
     def sample(self, now_ns: int | None = None) -> None:
         """Heartbeat: sample the whole book's ratios into the intraday minimum when due."""
         self.intraday.sample(time.time_ns() if now_ns is None else now_ns)
@@ -123,6 +136,12 @@ class AuditLog:
     def _lines(self, snap: dict):
         """One JSON line per event; money as exact integers in li (1/1000 yuan), positions as
         columns (numpy slices straight into orjson: no per-position Python)."""
+        if "fill" in snap:
+            yield orjson.dumps({"v": AUDIT_VERSION, "money_scale": u.MONEY_SCALE,
+                                "state": None, "event": snap["fill"]},
+                               option=orjson.OPT_APPEND_NEWLINE)
+            self.written += 1
+            return
         b = self.engine.state.book
         names = b.symbols
         owner = snap["owner"]

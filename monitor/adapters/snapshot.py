@@ -271,7 +271,7 @@ class Snapshots:
         mon = self.mon
         if not mon.redis_url:
             return None
-        stream = mon.cfg.alerts_stream
+        stream = mon.cfg.alerts_stream_resolved
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", stream)
         found = _events_of(_spill_tail(Path(mon.cfg.spill_dir) / f"{safe}.spill.jsonl"),
                            run_id, since)

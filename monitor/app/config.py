@@ -36,6 +36,9 @@ keep_alive_s = 5.0               # an idle kept-alive connection is closed after
 max_body_bytes = 16384           # POST bodies over this: 413
 desk_event_bytes = 268435456     # the risk desk's memory of recent events (256 MiB)
 max_tick_skew_s = 5.0            # ticks / account events timed further ahead of now are refused
+shard = "0/3"                    # optional: monitor only shard I of N (docs/scale-out.md);
+                                 # alerts go to "<alerts_stream>:{I}", and "{shard}" in `events`
+                                 # becomes "{I}" (a per-shard event stream)
 
 [patterns.round_trips]           # trading-pattern rules, see docs/reports-and-audit.md
 count = 3
@@ -55,6 +58,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from kernels.units import MAX_HYSTERESIS_BP
+from monitor.book.shard import Shard
 from monitor.errors import ConfigError
 from monitor.settings import read_toml
 from monitor.web.auth import NamedToken, parse_tokens
@@ -114,18 +118,39 @@ class RunConfig:
     pretrade_listen: str | None = None
     pretrade_max_connections: int = 256
     pretrade_idle_timeout_s: float = 30.0
+    pretrade_hold_s: float = 30.0  # a check's "reserve": true hold lapses after this
     # the liquidator's approvals and kill switch, over HTTP (docs/liquidation.md): its Redis
     # (default: `redis`) and key prefix
     liquidator_redis: str | None = None
     liquidator_key_prefix: str = "margin:liq"
     credit: dict = field(default_factory=dict)  # [credit] table: monitor/credit.py CreditConfig
     desk_event_bytes: int = 256 * 2**20  # the risk desk's event memory (docs/risk-desk.md)
+    shard: str = ""  # "I/N": monitor only shard I of N (monitor/book/shard.py); "" all
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        """The shard this monitor runs (ConfigError when `shard` is not I/N)."""
+        return Shard.parse(self.shard) if str(self.shard or "").strip() else None
+
+    @property
+    def alerts_stream_resolved(self) -> str:
+        """The stream alerts go to: `alerts_stream`, or a shard's ``<alerts_stream>:{I}``."""
+        sh = self.shard_spec
+        return sh.stream(self.alerts_stream) if sh is not None else self.alerts_stream
+
+    @property
+    def events_resolved(self) -> str | None:
+        """The account-event source, ``{shard}`` replaced by the shard's hash tag ``{I}``."""
+        sh = self.shard_spec
+        if self.events and sh is not None:
+            return self.events.replace("{shard}", sh.tag)
+        return self.events
 
     @property
     def summary_key_resolved(self) -> str:
         """The summary key: `summary_key`, else derived from the alert stream, so two monitors
         on one Redis never overwrite each other's summary."""
-        return self.summary_key or f"{self.alerts_stream}:summary"
+        return self.summary_key or f"{self.alerts_stream_resolved}:summary"
 
     @property
     def summary_ttl_resolved(self) -> float:

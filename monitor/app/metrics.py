@@ -107,6 +107,13 @@ class StateCollector:
         yield from self._feed(s["feed"], v.get("feed_kind", ""))
         yield from self._events(s.get("account_events"), s.get("account_events_rejected", {}),
                                 s.get("account_events_applied", 0))
+        yield _counter("mm_account_events_other_shard", "Account events for another shard's "
+                       "accounts, skipped (0 without shards)", s.get("account_events_other_shard"))
+        sh = s.get("shard")
+        shard = GaugeMetricFamily("mm_shard_info", "The shard this monitor runs: index and "
+                                  "count (0/1 without shards)", labels=["shard", "shards"])
+        shard.add_metric([str(sh["index"]) if sh else "0", str(sh["count"]) if sh else "1"], 1.0)
+        yield shard
         yield from self._engine(s)
         yield from self._outbox(s.get("outbox"))
         yield from self._others(s)

@@ -24,6 +24,7 @@ import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ from monitor.core.account_events import AccountEventError
 from monitor.core.credit import CreditConfig
 from monitor.core.engine import Engine, EngineConfig
 from monitor.core.patterns import PatternConfig
-from monitor.core.pretrade import PretradeService
+from monitor.core.pretrade import Holds, PretradeService
 from monitor.core.state import MarginState
 from monitor.desk.readmodel import Desk, FileAckStore, RedisAckStore
 from monitor.errors import ConfigError
@@ -80,7 +81,8 @@ class Monitor:
             call_days=cfg.call_days, contract_due_days=cfg.contract_due,
             calendar=build_calendar(cfg),
             close_settle_s=cfg.close_settle_s, clock="tape" if self.tape else "ticks",
-            max_skew_ns=cfg.max_tick_skew_ns),
+            max_skew_ns=cfg.max_tick_skew_ns,
+            shard=cfg.shard_spec.index if cfg.shard_spec is not None else None),
             credit=CreditConfig.from_dict(cfg.credit),  # [credit] table
             patterns=PatternConfig.from_dict(cfg.patterns))  # [patterns] table
         self.universe = universe_of(book)
@@ -90,7 +92,10 @@ class Monitor:
                               "redis://…/STREAM)")
         self.feed = open_feed(cfg.feed, self.universe)
         self.feed_kind = feed_kind(cfg.feed)
-        self.event_source = open_events(cfg.events) if cfg.events else None
+        self.shard = cfg.shard_spec  # None: the whole book
+        self.other_shard_events = 0  # account events for another shard's accounts (skipped)
+        events = cfg.events_resolved
+        self.event_source = open_events(events) if events else None
         self._account_events: deque = deque()  # applied in order before the next tick cycle
         self.dead_letters = self._dead_letters(cfg)  # rejected account events, per reason
         self.event_rejects: Counter = self.dead_letters.counts
@@ -109,7 +114,7 @@ class Monitor:
         self._feed_failure: tuple[int, str, str] | None = None
         self._pending_since_ns = 0
         self._last_cycle_end_ns = 0
-        self._secrets = url_secrets(cfg.feed) + url_secrets(cfg.events or "")
+        self._secrets = url_secrets(cfg.feed) + url_secrets(events or "")
         self.metrics.watch(lambda: {"summary": self.summary(), "feed_kind": self.feed_kind})
         self._stopping = asyncio.Event()
         self.events_emitted = 0
@@ -118,7 +123,8 @@ class Monitor:
         self.snapshots = (Snapshots(self, cfg.state_dir, cfg.snapshot_interval_s)
                           if cfg.state_dir else None)
         self.audit: AuditLog | None = None  # created by run() when cfg.audit_dir is set
-        self.pretrade = PretradeService(self.engine)  # POST /api/pretrade on both ports
+        # POST /api/pretrade on both ports; "reserve": true holds margin until the fill
+        self.pretrade = PretradeService(self.engine, Holds(ttl_s=cfg.pretrade_hold_s))
         self.pretrade_listener = None  # keep-alive listener (cfg.pretrade_listen)
         self.control = None  # the liquidator's LiquidationControl, when there is a Redis
 
@@ -167,10 +173,18 @@ class Monitor:
         src = getattr(self.event_source, "name", "")
         while q:
             ev = q.popleft()
+            if self.shard is not None and not self._ours(ev):
+                self.other_shard_events += 1  # another shard applies it
+                continue
+            if isinstance(ev, dict) and "hold_id" in ev:  # the fill of a reserved check: its
+                self.pretrade.holds.release(ev["hold_id"])  # hold ends, applied or refused
             try:
                 self.desk.before_account_event(ev)
-                self.publish(self.engine.apply_account_event(ev, time.time_ns()))
+                now = time.time_ns()
+                self.publish(self.engine.apply_account_event(ev, now))
                 skipped = self.engine.account_events.skipped
+                if self.audit is not None and ev.get("type") == "fill":
+                    self.audit.record_fill(ev, now)  # statements: executed liquidations
             except AccountEventError as e:
                 self.dead_letters.reject(e.reason, str(e), ev, src)
                 continue
@@ -181,6 +195,13 @@ class Monitor:
             for a, reason, why in skipped:  # a book-wide accrual left these accounts out
                 self.dead_letters.reject(reason, f"account {ids[a]}: {why}",
                                          {**ev, "account_id": ids[a]}, src)
+
+    def _ours(self, ev: Any) -> bool:
+        """An account event for one of this shard's accounts, or for every account (no
+        ``account_id``: accruals, haircuts, suspensions). Anything else malformed is applied,
+        so that the engine refuses it with its reason."""
+        aid = ev.get("account_id") if isinstance(ev, dict) else None
+        return not isinstance(aid, str) or self.shard.owns(aid)
 
     async def _feed_loop(self) -> None:
         live_feed = self.feed_kind in ("websocket", "redis")
@@ -329,6 +350,9 @@ class Monitor:
                                    "not_live_s": _not_live_s(ev_state, ev_since, now),
                                    "queued": len(self._account_events)}
         s["account_events_applied"] = self.engine.account_events.applied
+        s["account_events_other_shard"] = self.other_shard_events
+        s["shard"] = ({"index": self.shard.index, "count": self.shard.count}
+                      if self.shard is not None else None)
         s["account_events_rejected"] = dict(self.event_rejects)
         s["pending_symbols"] = self.engine.pending
         s["pending_s"] = (now - self._pending_since_ns) / 1e9 if self._pending_since_ns else 0.0
@@ -339,6 +363,7 @@ class Monitor:
                 "queued", "spilled", "backlog", "in_flight", "published", "connected",
                 "failures", "reconnects", "resent", "spill_errors", "oldest_queued_age_s",
                 "last_error")}
+        s["pretrade_holds"] = self.pretrade.holds.stats()
         s["patterns"] = self.engine.patterns.stats()
         if self.snapshots is not None:
             s["snapshot"] = self.snapshots.stats()
@@ -458,11 +483,10 @@ class Monitor:
         log.info("kernels ready in %.2fs", time.perf_counter() - t0)
         tokens = self.cfg.resolve_tokens()
         if self.redis_url:
-            self.outbox = self.outbox_factory(self.redis_url, stream=self.cfg.alerts_stream,
-                                      maxlen=self.cfg.alerts_maxlen,
-                                      summary_key=self.cfg.summary_key_resolved,
-                                      summary_ttl=self.cfg.summary_ttl_resolved,
-                                      spill_dir=self.cfg.spill_dir)
+            self.outbox = self.outbox_factory(
+                self.redis_url, stream=self.cfg.alerts_stream_resolved,
+                maxlen=self.cfg.alerts_maxlen, summary_key=self.cfg.summary_key_resolved,
+                summary_ttl=self.cfg.summary_ttl_resolved, spill_dir=self.cfg.spill_dir)
         self.desk.store = (RedisAckStore(self.redis_url) if self.redis_url
                            else FileAckStore(Path(self.cfg.spill_dir) / "desk-acks.json"))
         acks_loaded = await self.desk.load_acks()

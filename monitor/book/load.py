@@ -38,23 +38,30 @@ from monitor.book.contracts import (  # contract fields (§6)
 )
 from monitor.book.credit_terms import read_credit_terms  # credit fields (docs/credit-controls.md)
 from monitor.book.model import Book
+from monitor.book.shard import Shard, filter_tables
 from monitor.errors import BookError
 
 
-def load_book(path: str | Path) -> Book:
+def load_book(path: str | Path, shard: Shard | None = None) -> Book:
+    """The book at `path` (a JSON file or a folder of tables); with `shard`, only that shard's
+    accounts (monitor/book/shard.py)."""
+    tables, names = read_tables(path)
+    return build_book(filter_tables(tables, shard), names, source=str(Path(path).name))
+
+
+def read_tables(path: str | Path) -> tuple[dict, dict]:
+    """The book's tables as read, before any check: (tables by name, file names)."""
     path = Path(path)
     if not path.exists():
         raise BookError([Problem(str(path), "-", "no such file or folder")], str(path))
     if path.is_dir():
-        tables, names = _read_folder(path)
-    else:
-        tables, names = _read_json(path)
-    return build_book(tables, names, source=str(path.name))
+        return _read_folder(path)
+    return _read_json(path)
 
 
-def book_from_dict(doc: dict, source: str = "book") -> Book:
+def book_from_dict(doc: dict, source: str = "book", shard: Shard | None = None) -> Book:
     tables, names = _tables_from_doc(doc, source)
-    return build_book(tables, names, source=source)
+    return build_book(filter_tables(tables, shard), names, source=source)
 
 
 # ---------------------------------------------------------------- reading

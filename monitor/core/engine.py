@@ -96,6 +96,7 @@ class EngineConfig:
     # time) may be: the monitor's max_tick_skew_s
     max_skew_ns: int = u.DEFAULT_MAX_SKEW_NS
     run_id: str = ""
+    shard: int | None = None  # the shard this engine monitors (its events say so); None: all
 
 
 @dataclass(slots=True)
@@ -119,7 +120,10 @@ class Engine:
                  credit: CreditConfig | None = None, patterns: PatternConfig | None = None):
         self.state = state
         self.config = config or EngineConfig()
-        self.stamps = EventStamps(self.config.run_id or uuid.uuid4().hex[:12])
+        run_id = self.config.run_id or uuid.uuid4().hex[:12]
+        if self.config.shard is not None and not self.config.run_id:
+            run_id = f"s{self.config.shard}-{run_id}"  # unique across shards by construction
+        self.stamps = EventStamps(run_id, shard=self.config.shard)
         b = state.book
         n, ns = b.n_accounts, b.n_securities
         self.reported = np.full(n, u.UNSET_TIER, dtype=np.int8)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -22,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 import orjson
 
+from feeds.universe import limit_band
 from kernels import units as u
 from kernels.ratios import tier_of
 from monitor.book.contracts import default_margin_ratio_bp
@@ -50,6 +52,8 @@ class Decision:
     allowed: bool
     reasons: list[dict] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
+    # what a hold of this check reserves: (available margin balance in money·bp, cash)
+    reserve: tuple[int, int] = (0, 0)
 
     def as_dict(self) -> dict:
         return {"allowed": self.allowed, "reasons": self.reasons, "figures": self.figures}
@@ -64,6 +68,7 @@ class Action:
     amount: int = 0  # cash withdrawal
     fee: int = 0
     margin_bp: int | None = None
+    priced: bool = False  # the caller gave the price (checked against the day's band)
 
 
 # ---------------------------------------------------------------- parsing
@@ -124,8 +129,8 @@ def parse_action(state: MarginState, action: dict) -> Action:
     if qty > u.MAX_FILL_QTY:
         raise PretradeError("out_of_range", f"'qty' is out of range (at most {u.MAX_FILL_QTY})")
     act.qty = qty
-    act.price = _money(action, "price", bound=u.MAX_PRICE) \
-        if action.get("price") is not None else int(state.price[s])
+    act.priced = action.get("price") is not None
+    act.price = _money(action, "price", bound=u.MAX_PRICE) if act.priced else int(state.price[s])
     if qty * act.price > u.MAX_EVENT_MONEY:
         raise PretradeError("out_of_range", "qty × price is out of range")
     if action.get("fee") is not None:
@@ -249,13 +254,41 @@ def concentration(state: MarginState, t: CreditTerms, p: int, A: int, L: int,
 # ---------------------------------------------------------------- the check
 
 
+def lot_problem(state: MarginState, s: int, kind: str, qty: int, held: int) -> dict | None:
+    """The exchange's order-size rule for `qty` shares of security `s`, or None when it holds.
+
+    Buys and short sales: at least the lot (100; STAR 200), then in steps (100; STAR and
+    Beijing 1 share). Sales of held shares: the same, or the whole odd remainder at once (an odd
+    lot is sold in one order; STAR below 200 shares: all of them)."""
+    b = state.book
+    lot = int(b.lot[s])
+    step = int(state.step[s])
+    if qty >= lot and (qty - lot) % step == 0:
+        return None
+    if kind == "collateral_sell" and 0 < qty <= held:
+        if step > 1 and qty % step == held % step:
+            return None  # round lots plus the whole odd remainder
+        if step == 1 and qty == held:
+            return None  # all of a holding below the minimum
+    return {"code": "LOT_SIZE", "symbol": b.symbols[s], "qty": qty, "lot": lot, "step": step,
+            **({"held": held} if kind == "collateral_sell" else {})}
+
+
+def band_of(state: MarginState, s: int) -> tuple[int, int]:
+    """Today's limit-down and limit-up of security `s` (money units)."""
+    b = state.book
+    down, up = limit_band(b.prev_close[s:s + 1], b.board[s:s + 1])
+    return int(down[0]), int(up[0])
+
+
 def check(state: MarginState, account_id: str, action: dict | Action,
-          controls=None, day: int | None = None) -> Decision:
+          controls=None, holds: tuple[int, int] = (0, 0), day: int | None = None) -> Decision:
     """Allowed or refused, with every reason. `controls` (monitor/credit.py CreditControls)
     supplies the live financing-halt state; without it the halt is judged from the book alone
-    (halted at or above the halt share, no memory of an earlier halt). `day` (date ordinal,
-    China time): the day a new contract would open, for its margin ratio; None: the latest
-    exchange minimum."""
+    (halted at or above the halt share, no memory of an earlier halt). `holds`: (available
+    margin balance in money·bp, cash) that earlier passed checks reserved for this account.
+    `day` (date ordinal, China time): the day a new contract would open, for its margin ratio;
+    None: the latest exchange minimum."""
     b = state.book
     a = b.account_index.get(account_id) if isinstance(account_id, str) else None
     if a is None:
@@ -263,11 +296,14 @@ def check(state: MarginState, account_id: str, action: dict | Action,
     act = action if isinstance(action, Action) else parse_action(state, action)
     t = terms_of(b)
     acct = _account(state, a)
+    held_amb4, held_cash = holds
+    acct.cash -= held_cash  # reserved by an earlier check, not yet filled
     price = state.price
     p = int(b.profile_of[a])
     lines = b.profile_lines[p]
     A, L, longs = acct.amounts(price)
     reasons: list[dict] = []
+    reserve = (0, 0)
     s, kind = act.sec, act.type
     sym = b.symbols[s] if s >= 0 else None
     V = act.qty * act.price
@@ -279,6 +315,16 @@ def check(state: MarginState, account_id: str, action: dict | Action,
     # --- eligibility, suspension, what the account holds
     if kind in TRADES and bool(b.suspended[s]):
         reasons.append({"code": "SUSPENDED", "symbol": sym})
+    if kind in TRADES and act.priced:
+        down, up = band_of(state, s)
+        if up > 0 and not down <= act.price <= up:
+            reasons.append({"code": "PRICE_OUTSIDE_BAND", "symbol": sym,
+                            "price": yuan(act.price), "limit_down": yuan(down),
+                            "limit_up": yuan(up)})
+    if kind in TRADES:
+        lp = lot_problem(state, s, kind, act.qty, acct.held(s, u.COLLATERAL))
+        if lp is not None:
+            reasons.append(lp)
     if kind == "financed_buy" and not t.financing_eligible[s]:
         reasons.append({"code": "NOT_ELIGIBLE", "list": "financing", "symbol": sym})
     if kind == "short_sale" and not t.short_eligible[s]:
@@ -316,10 +362,13 @@ def check(state: MarginState, account_id: str, action: dict | Action,
             m = default_margin_ratio_bp(k_new, day or 0)
         if act.margin_bp is not None:
             m = max(m, act.margin_bp)
-        amb4 = acct.amb4(price, hc_bp)
+        amb4 = acct.amb4(price, hc_bp) - held_amb4
         need4 = V * m
         figures.update({"available_margin_balance": yuan(amb4 / S),
                         "margin_required": yuan(need4 / S), "margin_ratio": m / S})
+        if held_amb4:
+            figures["reserved_margin"] = yuan(held_amb4 / S)
+        reserve = (need4, 0)
         if amb4 < need4:
             reasons.append({"code": "INSUFFICIENT_MARGIN",
                             "available_margin_balance": figures["available_margin_balance"],
@@ -385,7 +434,11 @@ def check(state: MarginState, account_id: str, action: dict | Action,
                                 "share_before": (round(old[0] / A, 6) if old and A > 0
                                                  else None),
                                 "excess_after": yuan(e2 // S)})
-    return Decision(not reasons, reasons, figures)
+    if kind == "collateral_buy":
+        reserve = (0, V + act.fee)
+    elif kind == "cash_withdrawal":
+        reserve = (0, act.amount)
+    return Decision(not reasons, reasons, figures, reserve)
 
 
 def _ratio(A: int, L: int) -> float | None:
@@ -415,11 +468,91 @@ def _halted(state, t: CreditTerms, s: int, controls) -> dict | None:
 # ---------------------------------------------------------------- HTTP
 
 
-class PretradeService:
-    """`POST /api/pretrade` on the monitor: the engine's live state, its credit controls."""
+@dataclass(slots=True)
+class Hold:
+    """What a passed check with ``"reserve": true`` set aside until its fill or its expiry."""
 
-    def __init__(self, engine):
+    hold_id: str
+    account_id: str
+    amb4: int  # available margin balance, money·bp
+    cash: int
+    expires: float  # monotonic seconds
+
+
+class Holds:
+    """Reservations by account. A later check of the account sees them; a fill (an account event
+    naming the ``hold_id``) or the time-out releases one."""
+
+    def __init__(self, ttl_s: float = 30.0, clock=time.monotonic, max_holds: int = 100_000):
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.max_holds = max_holds
+        self._by_id: dict[str, Hold] = {}
+        self._by_account: dict[str, list[Hold]] = {}
+        self._seq = 0
+        self.placed = self.released = self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def of(self, account_id: str) -> tuple[int, int]:
+        """(margin money·bp, cash) reserved for the account now (expired holds dropped)."""
+        hs = self._by_account.get(account_id)
+        if not hs:
+            return 0, 0
+        now = self.clock()
+        live = [h for h in hs if h.expires > now]
+        for h in hs:
+            if h.expires <= now:
+                self._by_id.pop(h.hold_id, None)
+                self.expired += 1
+        if live:
+            self._by_account[account_id] = live
+        else:
+            del self._by_account[account_id]
+        return sum(h.amb4 for h in live), sum(h.cash for h in live)
+
+    def place(self, account_id: str, amb4: int, cash: int) -> Hold | None:
+        """A new hold, or None when the table is full (the check is answered without one)."""
+        if len(self._by_id) >= self.max_holds:
+            self._sweep()
+            if len(self._by_id) >= self.max_holds:
+                return None
+        self._seq += 1
+        h = Hold(f"H{self._seq}-{uuid.uuid4().hex[:8]}", account_id, amb4, cash,
+                 self.clock() + self.ttl_s)
+        self._by_id[h.hold_id] = h
+        self._by_account.setdefault(account_id, []).append(h)
+        self.placed += 1
+        return h
+
+    def release(self, hold_id: object) -> bool:
+        h = self._by_id.pop(hold_id, None) if isinstance(hold_id, str) else None
+        if h is None:
+            return False
+        hs = self._by_account.get(h.account_id, [])
+        hs[:] = [x for x in hs if x.hold_id != hold_id]
+        if not hs:
+            self._by_account.pop(h.account_id, None)
+        self.released += 1
+        return True
+
+    def _sweep(self) -> None:
+        for a in list(self._by_account):
+            self.of(a)
+
+    def stats(self) -> dict:
+        return {"open": len(self._by_id), "placed": self.placed, "released": self.released,
+                "expired": self.expired, "ttl_s": self.ttl_s}
+
+
+class PretradeService:
+    """`POST /api/pretrade` on the monitor: the engine's live state, its credit controls, and
+    the holds of earlier checks."""
+
+    def __init__(self, engine, holds: Holds | None = None):
         self.engine = engine
+        self.holds = holds if holds is not None else Holds()
         self.checks = 0
         self.rejects: Counter = Counter()  # bad requests by code
         self._last_log = 0.0
@@ -439,9 +572,13 @@ class PretradeService:
             if not isinstance(doc, dict):
                 raise PretradeError("malformed", "body must be a JSON object")
             action = doc.get("action", doc)
-            decision = check(self.engine.state, doc.get("account_id"), action,
-                             self.engine.credit,
-                             china_day(self.engine.now(time.time_ns())))
+            reserve = doc.get("reserve", False)
+            if not isinstance(reserve, bool):
+                raise PretradeError("bad_value", "'reserve' must be true or false")
+            aid = doc.get("account_id")
+            held = self.holds.of(aid) if isinstance(aid, str) else (0, 0)
+            decision = check(self.engine.state, aid, action, self.engine.credit, held,
+                             day=china_day(self.engine.now(time.time_ns())))
         except PretradeError as e:
             self.rejects[e.code] += 1
             now = time.monotonic()
@@ -454,5 +591,9 @@ class PretradeService:
         out = decision.as_dict()
         out["account_id"] = doc.get("account_id")
         out["action"] = action.get("type")
+        if reserve and decision.allowed and decision.reserve != (0, 0):
+            h = self.holds.place(aid, *decision.reserve)
+            out["hold"] = ({"hold_id": h.hold_id, "expires_in_s": self.holds.ttl_s}
+                           if h is not None else None)
         out["ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         return 200, orjson.dumps(out)

@@ -24,6 +24,11 @@ th{background:#f3f3f3;font-weight:600}td.n,th.n{text-align:right;font-variant-nu
 .box{border:1px solid #ddd;border-radius:4px;padding:6px 8px}.box b{display:block;font-size:16px}
 .tier{display:inline-block;padding:0 6px;border-radius:3px;color:#fff;font-size:11px}
 .ev{font-size:12px}.muted{color:#777}pre{white-space:pre-wrap;margin:0;font-size:11px}
+.en{color:#555;font-weight:400;font-size:.9em}.todo{border-left:4px solid #2e7d32;
+padding:6px 10px;margin:6px 0;background:#f6faf6}.todo b{display:block;font-size:14px}
+.todo.warning{border-color:#c9a100;background:#fffbea}.todo.margin_call{border-color:#e65100;
+background:#fff4ec}.todo.forced_liquidation,.todo.shortfall{border-color:#b00020;
+background:#fdeff1}
 @media print{body{margin:0;max-width:none}h2{break-after:avoid}tr{break-inside:avoid}
 .box{break-inside:avoid}a{color:inherit;text-decoration:none}}
 @page{size:A4;margin:14mm}
@@ -57,7 +62,7 @@ def _dur(s: float) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
+    return (f'<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>{escape(title)}'
             f'</title><style>{CSS}</style></head><body>{body}</body></html>')
 
 
@@ -69,19 +74,40 @@ def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
+def _bi(zh: str, en: str) -> str:
+    """A label in Chinese with the English beside it."""
+    return f'{escape(zh)} <span class="en">{escape(en)}</span>'
+
+
 def account_html(st: dict) -> str:
     c = st["close"]
     mn = st["intraday_min_ratio"]
     lines = st["lines"]
-    boxes = [("Close ratio", _pct(c["ratio"])), ("Reported tier", _tier(c["reported_tier"])),
-             ("Intraday minimum", f'{_pct(mn["ratio"])}<span class="muted"> at '
-                                  f'{_t(mn["ts_ns"])}</span>'),
-             ("Assets / liabilities", f'{_y(c["assets"])} / {_y(c["liabilities"])}'),
-             ("Available margin", _y(c["available_margin_balance"])),
-             ("Withdrawable", _y(c["withdrawable"])),
-             ("Liquidation to target", _y(c["liquidation_value"])),
-             ("Events", str(sum(st["event_counts"].values())))]
-    grid = "".join(f'<div class="box">{escape(k)}<b>{v}</b></div>' for k, v in boxes)
+    boxes = [(_bi("维持担保比例", "Close ratio"), _pct(c["ratio"])),
+             (_bi("风险等级", "Reported tier"), _tier(c["reported_tier"])),
+             (_bi("日内最低", "Intraday minimum"), f'{_pct(mn["ratio"])}<span class="muted"> at '
+                                                  f'{_t(mn["ts_ns"])}</span>'),
+             (_bi("资产 / 负债", "Assets / liabilities"),
+              f'{_y(c["assets"])} / {_y(c["liabilities"])}'),
+             (_bi("保证金可用余额", "Available margin"), _y(c["available_margin_balance"])),
+             (_bi("可提取", "Withdrawable"), _y(c["withdrawable"])),
+             (_bi("需平仓金额", "Liquidation to target"), _y(c["liquidation_value"])),
+             (_bi("穿仓金额", "Shortfall"), _y(st.get("shortfall", 0.0)))]
+    grid = "".join(f'<div class="box">{k}<b>{v}</b></div>' for k, v in boxes)
+    todo = "".join(f'<div class="todo {escape(x["code"].lower())}"><b>{escape(x["zh"])}</b>'
+                   f'<div>{escape(x["en"])}</div></div>' for x in st.get("what_to_do", []))
+    against = _table(["线 line", "水平 level", "收盘比例 close ratio", "状态 status"],
+                     [[_bi(r["zh"], r["en"]), _pct(r["level"]), _pct(r["ratio"]),
+                       "-" if r["below"] is None else
+                       (f'<b>低于 below</b> ({100 * r["gap"]:+.2f} pp)' if r["below"]
+                        else f'高于 above ({100 * r["gap"]:+.2f} pp)')]
+                      for r in st.get("lines_against_ratio", [])], {1, 2})
+    executed = _table(["时间 time", "指令 order", "方向 side", "证券 symbol", "数量 qty",
+                       "价格 price", "金额 value"],
+                      [[_t(x["ts"]), escape(str(x["order_id"])), escape(x["side"]),
+                        escape(str(x["symbol"])), escape(str(x["qty"])), escape(str(x["price"])),
+                        _y(x["value"])] for x in st.get("executed_liquidations", [])],
+                      {4, 5, 6})
     under = _table(["line", "level", "time under it"],
                    [[escape(k), _pct(lines[k]), _dur(v)]
                     for k, v in st["time_under_line_s"].items()], {1, 2})
@@ -104,16 +130,22 @@ def account_html(st: dict) -> str:
                    _pct((e.get("plan") or {}).get("ratio_after"))] for e in st["liquidations"]],
                  {3})
     day = st["day"]
-    body = (f'<h1>Account statement {escape(st["account_id"])}</h1>'
+    body = (f'<h1>信用账户对账单 Account statement {escape(st["account_id"])}</h1>'
             f'<div class="sub">profile {escape(st["profile"])} &middot; lines '
             + " / ".join(f"{escape(k)} {_pct(v)}" for k, v in lines.items())
             + f' &middot; day {_t(day["started_ns"])} &ndash; {_t(day["ended_ns"])} (UTC+8)</div>'
+            f'<h2>{_bi("您需要做什么", "What you must do")}</h2>{todo}'
             f'<div class="grid">{grid}</div>'
-            f"<h2>Positions at the close</h2>{pos}"
-            f"<h2>Time under each line</h2>{under}"
-            f'<h2>Margin calls</h2>{calls if st["margin_calls"] else _none()}'
-            f'<h2>Liquidations</h2>{liq if st["liquidations"] else _none()}'
-            f'<h2>Events</h2>{evs if st["events"] else _none()}'
+            f'<h2>{_bi("维持担保比例与各线", "The ratio against each line")}</h2>{against}'
+            f'<h2>{_bi("收盘持仓", "Positions at the close")}</h2>{pos}'
+            f'<h2>{_bi("低于各线的时间", "Time under each line")}</h2>{under}'
+            f'<h2>{_bi("追加担保物通知", "Margin calls")}</h2>'
+            f'{calls if st["margin_calls"] else _none()}'
+            f'<h2>{_bi("已执行的强制平仓", "Executed liquidations (from the fills)")}</h2>'
+            f'{executed if st.get("executed_liquidations") else _none()}'
+            f'<h2>{_bi("强制平仓触发与计划", "Liquidation triggers and plans")}</h2>'
+            f'{liq if st["liquidations"] else _none()}'
+            f'<h2>{_bi("事件", "Events")}</h2>{evs if st["events"] else _none()}'
             f'<p class="muted">Intraday minimum: {escape(mn["source"])}.</p>')
     return _page(f'Statement {st["account_id"]}', body)
 

@@ -111,6 +111,105 @@ def time_under_lines(events: list[dict], close_tier: int, t0: int, t1: int) -> d
     return {k: round(v / 1e9, 3) for k, v in zip(LINE_KEYS, under, strict=True)}
 
 
+# the terms of a statement, in Chinese and English (margin-rules.md §1-§2)
+TERMS = {
+    "ratio": ("维持担保比例", "maintenance collateral ratio"),
+    "withdrawable": ("提取线", "withdrawal line"),
+    "normal": ("安全线", "normal line"),
+    "warning": ("警戒线", "warning line"),
+    "margin_call": ("平仓线", "liquidation line"),
+    "target": ("追保目标", "cure target"),
+    "deposit": ("追加担保物", "deposit collateral"),
+    "repay": ("偿还负债", "repay debt"),
+    "forced": ("强制平仓", "forced liquidation"),
+    "shortfall": ("穿仓", "shortfall"),
+}
+LIQUIDATION_SIDES = ("sell_to_repay", "collateral_sell", "buy_to_cover")
+
+
+def what_to_do(fig: dict, tier: str, lines: dict, calls: list[dict]) -> list[dict]:
+    """What the client must do and by when, from the close figures, the reported tier and the
+    open margin calls: each item a code, the amounts, a deadline, and the sentence in Chinese
+    and English."""
+    cure = fig.get("cure") or {}
+    out: list[dict] = []
+    open_calls = [c for c in calls if c.get("state", "OPEN") == "OPEN"]
+    expired = any(c.get("state") == "EXPIRED" for c in calls)
+    deadline = min((str(c["deadline"]) for c in open_calls if c.get("deadline")), default=None)
+    target = lines.get("target") or lines.get("normal")
+    liq_value = fig.get("liquidation_value") or 0.0
+    if (fig.get("shortfall") or 0) > 0:
+        out.append({"code": "SHORTFALL", "amount": fig["shortfall"],
+                    "zh": f"账户已穿仓：全部平仓后仍欠 {fig['shortfall']:,.2f} 元，须以现金偿还。",
+                    "en": f"The account is underwater: after liquidating everything "
+                          f"{fig['shortfall']:,.2f} is still owed and must be repaid in cash."})
+    if tier == "FORCED_LIQUIDATION" or (expired and tier == "MARGIN_CALL"):
+        out.append({"code": "FORCED_LIQUIDATION", "amount": liq_value,
+                    "zh": f"维持担保比例低于平仓线或追保逾期：将强制平仓约 {liq_value:,.2f} 元，"
+                          f"使比例恢复至 {100 * target:.0f}%。",
+                    "en": f"The ratio is below the liquidation line or a margin call expired: "
+                          f"about {liq_value:,.2f} will be liquidated to bring it back to "
+                          f"{100 * target:.0f}%."})
+    elif tier == "MARGIN_CALL" or open_calls:
+        by = f"{deadline} 15:00" if deadline else None
+        out.append({"code": "MARGIN_CALL", "deposit": cure.get("deposit"),
+                    "repay": cure.get("repay"), "deadline": deadline,
+                    "zh": f"请在 {by or '规定期限内'} 前追加担保物至少 "
+                          f"{cure.get('deposit', 0):,.2f} 元，"
+                          f"或偿还负债至少 {cure.get('repay', 0):,.2f} 元，使维持担保比例达到 "
+                          f"{100 * target:.0f}%；否则将被强制平仓。",
+                    "en": f"By {by or 'the deadline'}, deposit at least "
+                          f"{cure.get('deposit', 0):,.2f} of collateral or repay at least "
+                          f"{cure.get('repay', 0):,.2f} of debt to bring the ratio to "
+                          f"{100 * target:.0f}%; otherwise the positions will be liquidated."})
+    elif tier == "WARNING":
+        out.append({"code": "WARNING", "deposit": cure.get("deposit"),
+                    "zh": f"维持担保比例低于警戒线 {100 * lines['warning']:.0f}%：建议追加担保物 "
+                          f"{cure.get('deposit', 0):,.2f} 元；新增融资融券可能受限。",
+                    "en": f"The ratio is below the warning line ({100 * lines['warning']:.0f}%): "
+                          f"consider depositing {cure.get('deposit', 0):,.2f}; new debt may be "
+                          f"blocked."})
+    else:
+        out.append({"code": "NONE", "zh": "无需操作。", "en": "Nothing to do."})
+    return out
+
+
+def lines_against(ratio: float | None, lines: dict) -> list[dict]:
+    """The close ratio against each line: above, or below by how much."""
+    rows = []
+    for k in ("withdrawable", "normal", "warning", "margin_call"):
+        lv = lines[k]
+        rows.append({"line": k, "zh": TERMS[k][0], "en": TERMS[k][1], "level": lv,
+                     "ratio": ratio,
+                     "below": None if ratio is None else bool(ratio < lv),
+                     "gap": None if ratio is None else round(ratio - lv, 6)})
+    return rows
+
+
+def executed_liquidations(events: list[dict]) -> list[dict]:
+    """The fills that executed the account's liquidation orders (their `order_id` is
+    `<trigger event_id>-<row>`, docs/liquidation.md), with the value traded."""
+    triggers = {e.get("event_id") for e in events
+                if (e.get("kind") == "TIER_CHANGE" and e.get("tier") == "FORCED_LIQUIDATION")
+                or e.get("kind") in ("CALL_EXPIRED", "CONTRACT_EXPIRED")}
+    out = []
+    for e in events:
+        if e.get("kind") != "FILL" or e.get("side") not in LIQUIDATION_SIDES:
+            continue
+        oid = e.get("order_id")
+        trig = oid.rsplit("-", 1)[0] if isinstance(oid, str) and "-" in oid else None
+        if trig not in triggers:
+            continue
+        try:
+            value = round(float(e["qty"]) * float(e["price"]), 2)
+        except (KeyError, TypeError, ValueError):
+            value = None
+        out.append({"ts": e.get("ts_published"), "order_id": oid, "trigger": trig,
+                    "side": e["side"], "symbol": e.get("symbol"), "qty": e.get("qty"),
+                    "price": e.get("price"), "value": value})
+    return out
+
+
 def _event_row(e: dict) -> dict:
     row = {k: e.get(k) for k in ("event_id", "seq", "kind", "ts_event", "ts_published",
                                  "tier", "previous_tier", "ratio", "previous_ratio")}
@@ -205,10 +304,12 @@ class Reporter:
         liq = [_event_row(e) for e in events
                if (e.get("kind") == "TIER_CHANGE" and e.get("tier") == "FORCED_LIQUIDATION")
                or e.get("kind") in ("CALL_EXPIRED", "CONTRACT_EXPIRED")]
+        line_levels = {k: int(v) / u.RATIO_SCALE for k, v in
+                       zip(u.LINE_NAMES, lines.tolist(), strict=True)}
+        alerts = [e for e in events if e.get("kind") != "FILL"]
         return {
             "account_id": aid, "profile": b.profile_names[int(b.profile_of[a])],
-            "lines": {k: int(v) / u.RATIO_SCALE for k, v in
-                      zip(u.LINE_NAMES, lines.tolist(), strict=True)},
+            "lines": line_levels,
             "day": {"started_ns": self.log.started_ns, "ended_ns": self.log.ended_ns},
             "close": {**fig, "reported_tier": u.TIER_NAMES[close_tier]},
             "intraday_min_ratio": {"ratio": None if mn is None else round(mn, 6),
@@ -217,9 +318,14 @@ class Reporter:
                                                   self.log.ended_ns),
             "positions": positions,
             "event_counts": dict(kinds),
-            "events": [_event_row(e) for e in events],
+            "events": [_event_row(e) for e in alerts],
             "margin_calls": list(calls.values()),
             "liquidations": liq,
+            "executed_liquidations": executed_liquidations(events),
+            "lines_against_ratio": lines_against(fig["ratio"], line_levels),
+            "what_to_do": what_to_do(fig, u.TIER_NAMES[close_tier], line_levels,
+                                     list(calls.values())),
+            "shortfall": fig.get("shortfall") or 0.0,
             "trading_patterns": [_event_row(e) for e in events
                                  if e.get("kind") == "TRADING_PATTERN"],
         }

@@ -272,8 +272,9 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
         # ---------------------------------------------------------------- slots
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
             nodelay(transport)
+            transport = CoalescingTransport(transport)  # type: ignore[assignment]
+            super().connection_made(transport)
             peer = self.client[0] if self.client else "?"
             reason = lst.admit(peer)
             if reason is not None:
@@ -399,6 +400,58 @@ def protocols(lst: Listener) -> tuple[type[H11Protocol], type[WebSocketsSansIOPr
 
 _PHRASES = {400: "Bad request.\n", 414: "Request line too long.\n",
             431: "Request header fields too large.\n"}
+
+
+class CoalescingTransport:
+    """The connection's transport, with the writes of one event-loop turn sent as one.
+
+    uvicorn writes a response's head, body and end separately; with TCP_NODELAY each write is
+    its own segment and its own send(2), so a small answer costs two system calls and two
+    wake-ups of the client. Writes made in one turn of the loop go out together at the end of
+    it; close, write_eof and the write-buffer size see what is still held."""
+
+    __slots__ = ("_transport", "_held", "_loop")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def nodelay(transport: asyncio.BaseTransport) -> None:

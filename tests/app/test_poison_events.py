@@ -22,6 +22,7 @@ from test_event_bounds import NOW, cheapest, synth_book
 from monitor.app.config import RunConfig
 from monitor.app.runtime import Monitor
 from monitor.book.data import SAMPLE_BOOK
+from monitor.book.load import load_book
 from monitor.core.account_events import REASONS, AccountEvents
 
 TOKEN = "poison-test-token-0123456789abcdef"
@@ -295,3 +296,27 @@ def test_the_runtime_dead_letters_every_refusal_and_goes_on(tmp_path, monkeypatc
     assert dead[5]["raw"] == '{"type": "deposit", '
     assert mon.summary()["account_events"]["rejected"]["malformed"] == 1
     assert b2 >= 0
+
+
+def test_a_fill_naming_a_hold_releases_it(tmp_path):
+    """A pre-trade check with "reserve": true holds the margin; the fill that comes back as an
+    account event with its `hold_id` releases it (also when the fill itself is refused)."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    mon = Monitor(RunConfig(book=str(SAMPLE_BOOK), feed="synthetic", events=str(events),
+                            spill_dir=str(tmp_path / "spill")),
+                  load_book(SAMPLE_BOOK), redis_url="")
+    mon.publish(mon.engine.start(NOW))
+    status, body = mon.pretrade.http("/api/pretrade", orjson.dumps({
+        "account_id": "C-TV1", "reserve": True,
+        "action": {"type": "collateral_buy", "symbol": "600000.SH", "qty": 100}}))
+    out = orjson.loads(body)
+    assert status == 200 and out["allowed"], out
+    hold = out["hold"]["hold_id"]
+    assert len(mon.pretrade.holds) == 1
+    mon._account_events.append({"type": "fill", "account_id": "C-TV1", "symbol": "600000.SH",
+                                "side": "collateral_buy", "qty": 100, "price": "10",
+                                "event_id": "f1", "hold_id": hold})
+    mon.apply_account_events()
+    assert len(mon.pretrade.holds) == 0 and mon.pretrade.holds.released == 1
+    assert mon.summary()["pretrade_holds"]["released"] == 1

@@ -36,6 +36,7 @@ def _key(r: dict) -> tuple:
         "FINANCING_HALTED": lambda: r["symbol"], "CREDIT_LINE": lambda: r["line"],
         "BELOW_WITHDRAWAL_LINE": lambda: None,
         "CONCENTRATION": lambda: (r["item_type"], r["name"]),
+        "LOT_SIZE": lambda: r["qty"], "PRICE_OUTSIDE_BAND": lambda: D(repr(r["price"])),
     }[code]()
     return code, detail
 
@@ -59,7 +60,7 @@ def test_decisions_match_the_exact_reference_on_random_books(seed):
         assert norm(mine) == norm(want), (acct["account_id"], act, got.reasons)
         assert got.allowed == (not want)
         seen.update(c for c, _ in want)
-    assert {"CONCENTRATION", "INSUFFICIENT_MARGIN", "BELOW_WITHDRAWAL_LINE"} <= seen
+    assert {"CONCENTRATION", "INSUFFICIENT_MARGIN", "BELOW_WITHDRAWAL_LINE", "LOT_SIZE"} <= seen
 
 
 # ---------------------------------------------------------------- one book, every reason
@@ -337,3 +338,88 @@ def test_a_financed_buy_is_checked_at_the_new_contract_s_own_margin_ratio(day, p
               day=date.fromisoformat(day).toordinal() if day else None)
     assert d.figures["margin_ratio"] == want
     assert d.figures["margin_required"] == 10000 * want
+
+
+def test_prices_outside_the_days_band_and_odd_lots_are_refused(crafted_state):
+    """Issue 16: a short sale of 1,000,000 shares at 0.01 with the market at 10.00 came back
+    allowed, and 150 shares on the main board passed."""
+    st = crafted_state
+    d = check(st, "RICH", {"type": "short_sale", "symbol": "600000.SH", "qty": 1_000_000,
+                           "price": "0.01"})
+    r = reason(d, "PRICE_OUTSIDE_BAND")
+    assert (r["price"], r["limit_down"], r["limit_up"]) == (0.01, 9.0, 11.0) and not d.allowed
+    assert "PRICE_OUTSIDE_BAND" not in codes(check(st, "RICH", {
+        "type": "collateral_buy", "symbol": "600000.SH", "qty": 100, "price": "11.00"}))
+    assert "PRICE_OUTSIDE_BAND" in codes(check(st, "RICH", {
+        "type": "collateral_buy", "symbol": "600000.SH", "qty": 100, "price": "11.01"}))
+    r = reason(check(st, "RICH", {"type": "collateral_buy", "symbol": "600000.SH",
+                                  "qty": 150}), "LOT_SIZE")
+    assert (r["qty"], r["lot"], r["step"]) == (150, 100, 100)
+    # a sale of round lots, or of round lots with the whole odd remainder, is fine
+    assert check(st, "A", {"type": "collateral_sell", "symbol": "600000.SH",
+                           "qty": 200}).allowed
+    assert "LOT_SIZE" in codes(check(st, "A", {"type": "collateral_sell",
+                                               "symbol": "600000.SH", "qty": 250}))
+
+
+def test_lots_on_star_and_odd_remainders():
+    doc = {"securities": [{"symbol": "688001.SH", "price": "50.00", "haircut": "0.5"},
+                          {"symbol": "600010.SH", "price": "5.00", "haircut": "0.5"}],
+           "accounts": [{"account_id": "S", "cash": "1000000", "positions": [
+               {"symbol": "688001.SH", "kind": "collateral", "qty": 150},
+               {"symbol": "600010.SH", "kind": "collateral", "qty": 1250}]}]}
+    st = MarginState(book_from_dict(doc), live=True)
+
+    def ok(kind, sym, qty):
+        return "LOT_SIZE" not in codes(check(st, "S", {"type": kind, "symbol": sym,
+                                                      "qty": qty}))
+
+    assert not ok("collateral_buy", "688001.SH", 100) and ok("collateral_buy", "688001.SH", 201)
+    assert ok("collateral_sell", "688001.SH", 150)  # all of a holding under 200
+    assert not ok("collateral_sell", "688001.SH", 120)
+    assert ok("collateral_sell", "600010.SH", 250) and ok("collateral_sell", "600010.SH", 1200)
+    assert not ok("collateral_sell", "600010.SH", 230)
+
+
+def test_a_reserve_holds_the_margin_for_later_checks_until_the_fill_or_the_time_out():
+    """Issue 16: three 160k financed-buy checks against 170k of margin all passed."""
+    from monitor.core.pretrade import Holds, PretradeService
+
+    doc = {"securities": [{"symbol": "600000.SH", "price": "10.00", "haircut": "0.5"}],
+           "accounts": [{"account_id": "R", "cash": "170000"}]}
+    st = MarginState(book_from_dict(doc), live=True)
+    clock = [0.0]
+    svc = PretradeService(Engine(st), Holds(ttl_s=30.0, clock=lambda: clock[0]))
+
+    def ask(reserve=True):
+        status, body = svc.http("/api/pretrade", orjson.dumps({
+            "account_id": "R", "reserve": reserve,
+            "action": {"type": "financed_buy", "symbol": "600000.SH", "qty": 16000,
+                       "margin_ratio": "1.0"}}))
+        assert status == 200
+        return orjson.loads(body)
+
+    first = ask()
+    assert first["allowed"] and first["hold"]["hold_id"]
+    second = ask()
+    assert not second["allowed"]
+    r = next(x for x in second["reasons"] if x["code"] == "INSUFFICIENT_MARGIN")
+    assert r["available_margin_balance"] == 10000.0 and second["figures"]["reserved_margin"] \
+        == 160000.0
+    assert ask(reserve=False)["allowed"] is False and len(svc.holds) == 1
+    assert svc.holds.release(first["hold"]["hold_id"])  # the fill came back
+    again = ask()
+    assert again["allowed"]
+    clock[0] = 31.0  # nobody filled it: the hold lapses
+    assert ask()["allowed"] and svc.holds.expired == 1
+    status, body = svc.http("/api/pretrade", orjson.dumps({
+        "account_id": "R", "reserve": "yes", "type": "cash_withdrawal", "amount": "1"}))
+    assert status == 400 and orjson.loads(body)["code"] == "bad_value"
+
+
+def test_a_callers_margin_ratio_can_raise_the_requirement_never_lower_it(crafted_state):
+    """Issue 16: a caller-given margin_ratio of 0.01 let a 300k financed buy pass."""
+    st = crafted_state
+    act = {"type": "financed_buy", "symbol": "000002.SZ", "qty": 1000}
+    assert check(st, "RICH", {**act, "margin_ratio": "0.01"}).figures["margin_ratio"] == 1.0
+    assert check(st, "RICH", {**act, "margin_ratio": "1.5"}).figures["margin_ratio"] == 1.5

@@ -540,11 +540,18 @@ async def _pending(url):
         await ctl.aclose()
 
 
-class WindowRecorder(Liquidator):
-    async def _rate_limit(self, n):
-        window = await super()._rate_limit(n)
+def WindowRecorder(cfg):
+    """A worker whose policy records the one-second window each plan was let into."""
+    w = Liquidator(cfg)
+    inner = w.policy.rate_limit
+
+    async def rate_limit(n):
+        window = await inner(n)
         STATE.setdefault("windows", []).append(window)
         return window
+
+    w.policy.rate_limit = rate_limit
+    return w
 
 
 async def test_orders_per_second_are_capped_over_all_workers(redis_fresh, r):

@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     # automated forced liquidation (docs/liquidation.md); handlers in monitor/liquidator/cli.py
-    liq = sub.add_parser("liquidator", help="turn FORCED_LIQUIDATION / CALL_EXPIRED alerts into "
-                                            "orders (Redis Streams consumer-group worker)")
+    liq = sub.add_parser("liquidator", help="turn FORCED_LIQUIDATION / CALL_EXPIRED / "
+                                            "CONTRACT_EXPIRED alerts into orders (Redis "
+                                            "Streams consumer-group worker)")
     liq.add_argument("--config", help="liquidator.toml; flags below override it")
     liq.add_argument("--redis", help="Redis URL of the alert stream (redis:// or rediss://)")
     liq.add_argument("--alerts-stream", help="alert stream key (default margin:alerts)")

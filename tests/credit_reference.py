@@ -6,6 +6,7 @@ decision. Also `add_credit_terms`, which puts random credit fields on a bookgen 
 from __future__ import annotations
 
 import random
+from datetime import date
 from decimal import Decimal
 
 import reference as ref
@@ -225,8 +226,8 @@ class CreditRef:
             if block and block != "none" and TIER_ORDER.index(tier) <= TIER_ORDER.index(block):
                 out.append(("NEW_DEBT_BLOCKED", tier))
             want = "financed" if kind == "financed_buy" else "short"
-            rows = [p for p in m["positions"] if p.symbol == sym and p.kind == want]
-            margin = rows[0].margin_ratio if rows else D(1)
+            # a new contract: never an older contract's ratio; the latest minimum
+            margin = ref.default_margin_ratio(want, date.max)
             if act.get("margin_ratio") is not None:  # it can only raise the requirement
                 margin = max(margin, ref.dec(act["margin_ratio"]))
             amb = ref.available_margin_balance(m, m["price"])

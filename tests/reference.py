@@ -285,10 +285,10 @@ class Position:
         self.margin_ratio = ZERO
         if self.kind == "financed":
             self.cost = dec(d["financed_cost"])
-            self.margin_ratio = dec(d["fin_margin_ratio"])
+            self.margin_ratio = contract_margin_ratio(d, "fin_margin_ratio")
         elif self.kind == "short":
             self.cost = dec(d["short_sell_amount"])
-            self.margin_ratio = dec(d["short_margin_ratio"])
+            self.margin_ratio = contract_margin_ratio(d, "short_margin_ratio")
 
     @property
     def is_short(self) -> bool:
@@ -980,3 +980,84 @@ def call_lifecycle(points, lines: dict, *, basis: str, cure: Decimal, n: int, da
     for d in closes(points[-1][0], end):
         judge(d, points[-1][1], points[-1][2])
     return out
+
+
+# ---------------------------------------------------------------------------- contracts (§6)
+# Each financed or short position is one contract with its own margin ratio, fixed at opening:
+# the exchange minimum in force on its open date when the book gives none. The minimums, by
+# the date they took effect (before the first: 0.50):
+FIN_MINIMUMS = ((date(2015, 11, 23), D("1.00")), (date(2023, 9, 8), D("0.80")),
+                (date(2026, 1, 19), D("1.00")))
+SHORT_MINIMUMS = ((date(2023, 10, 16), D("0.80")), (date(2024, 1, 29), D("1.00")))
+
+
+def default_margin_ratio(kind: str, opened: date) -> Decimal:
+    ratio = D("0.50")
+    for start, r in (FIN_MINIMUMS if kind == "financed" else SHORT_MINIMUMS):
+        if opened >= start:
+            ratio = r
+    return ratio
+
+
+def contract_margin_ratio(d: dict, field: str) -> Decimal:
+    if d.get(field) is not None:
+        return dec(d[field])
+    return default_margin_ratio(d["kind"], date.fromisoformat(d["open_date"]))
+
+
+def contract_margin(positions: list) -> tuple[Decimal, Decimal]:
+    """The two per-contract deductions of §3 at the positions' prices: (Σ financed cost ×
+    its own ratio, Σ short MV × its own ratio); positions are dicts with `price`."""
+    fin = sum((dec(p["financed_cost"]) * contract_margin_ratio(p, "fin_margin_ratio")
+               for p in positions if p["kind"] == "financed"), ZERO)
+    short = sum((p["qty"] * dec(p["price"]) * contract_margin_ratio(p, "short_margin_ratio")
+                 for p in positions if p["kind"] == "short"), ZERO)
+    return fin, short
+
+
+def repay_contracts(interest: Decimal, principals: list[Decimal], amount: Decimal,
+                    first: int | None = None) -> tuple[Decimal, list[Decimal]]:
+    """A direct repayment of `amount`: interest and fees first, then contract `first` (an
+    index) when named, then the principals in repayment order (list order, oldest first).
+    Returns (interest left, principals left)."""
+    pay = min(amount, interest)
+    interest -= pay
+    left = amount - pay
+    out = list(principals)
+    order = ([first] if first is not None else []) + [
+        i for i in range(len(out)) if i != first]
+    for i in order:
+        p = min(left, out[i])
+        out[i] -= p
+        left -= p
+    return interest, out
+
+
+def expiry_plan(book: RefBook, acct: dict, contract_id: str, prices: dict | None = None,
+                sell_cost: Decimal = ZERO, buy_cost: Decimal = ZERO) -> dict:
+    """CONTRACT_EXPIRED (§6): the orders that close contract `contract_id` (all its shares:
+    sell the financed ones to repay it, buy back the shorted ones) and the account after
+    them. Proceeds of a sale repay interest first, then principal; the rest is cash."""
+    price = {s: sec.price for s, sec in book.securities.items()}
+    price.update({s: dec(p) for s, p in (prices or {}).items()})
+    m = amounts(book, acct, price)
+    c = next(p for p in acct["positions"] if p.get("contract_id") == contract_id)
+    px = price[c["symbol"]]
+    value = c["qty"] * px
+    cash = m["cash"]
+    if c["kind"] == "financed":
+        proceeds = value - value * sell_cost
+        repaid = min(max(proceeds, ZERO), m["accrued"] + m["financed"])
+        cash2 = cash + proceeds - repaid
+        a2 = m["assets"] - max(cash, ZERO) + max(cash2, ZERO) - value
+        l2 = m["liabilities"] - max(-cash, ZERO) + max(-cash2, ZERO) - repaid
+        order = {"symbol": c["symbol"], "side": "sell", "purpose": "sell_to_repay",
+                 "qty": c["qty"]}
+    else:
+        cash2 = cash - value - value * buy_cost
+        a2 = m["assets"] - max(cash, ZERO) + max(cash2, ZERO)
+        l2 = m["liabilities"] - max(-cash, ZERO) + max(-cash2, ZERO) - value
+        order = {"symbol": c["symbol"], "side": "buy_to_cover", "purpose": "buy_to_cover",
+                 "qty": c["qty"]}
+    return {"contract_id": contract_id, "plan": [order], "assets_after": a2,
+            "liabilities_after": l2, "tier_after": tier(a2, l2, book.lines(acct))}

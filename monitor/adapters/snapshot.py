@@ -45,7 +45,8 @@ from monitor.errors import SnapshotError
 log = logging.getLogger("monitor.adapters.snapshot")
 
 FORMAT = "margin-monitor-snapshot"
-VERSION = 1
+VERSION = 2  # 2: the contract columns (monitor/book/contracts.py); 1 still loads
+READS = (1, 2)  # versions this monitor restores (a version-1 snapshot numbers the contracts)
 MANIFEST = "snapshot.json"
 
 
@@ -110,9 +111,9 @@ def read_snapshot(state_dir: str | os.PathLike, fingerprint: str) -> tuple[dict,
         raise SnapshotError(f"{mpath}: unreadable manifest ({e})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise SnapshotError(f"{mpath}: not a margin-monitor snapshot manifest")
-    if m.get("version") != VERSION:
+    if m.get("version") not in READS:
         raise SnapshotError(f"{mpath}: snapshot format version {m.get('version')!r}; this "
-                            f"monitor reads version {VERSION}")
+                            f"monitor reads versions {', '.join(map(str, READS))}")
     if m.get("book") != fingerprint:
         raise SnapshotError(f"{mpath}: taken on another book (accounts, securities or line "
                             "profiles differ)")

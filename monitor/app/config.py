@@ -24,6 +24,7 @@ sweep_share = 0.08
 reach = "off"                    # off | auto | always: see docs/capacity.md
 call_days = 2                    # T+N of profiles without call_days
 no_limit_shock = "0.30"          # stress move of a security without a daily limit (§5)
+contract_due_days = 5            # CONTRACT_DUE notice (trading days) of profiles without one
 closures = ["2027-01-01"]        # weekday closures beyond exchange_calendars' XSHG (or extra
 closures_file = "calendar/closures.txt"  # ones); re-read when it changes: docs/running.md
 calendar_through = "2027-12-31"  # optional: the last day the closures cover
@@ -91,6 +92,7 @@ class RunConfig:
     reach: str = "off"  # reach mode of the engine: off | auto | always (docs/capacity.md)
     call_days: int = 2
     no_limit_shock: str = "0.30"  # the stress's move of a security without a daily limit
+    contract_due_days: int = 5  # CONTRACT_DUE this many trading days before a term end
     holidays: list[str] = field(default_factory=list)  # the older name of `closures`
     closures: list[str] = field(default_factory=list)  # weekday closures (ISO dates)
     closures_file: str | None = None  # one ISO date a line (monitor/app/closures.py)
@@ -203,6 +205,13 @@ class RunConfig:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86_400:
             raise ConfigError(f"max_tick_skew_s: expected seconds from 0 to 86400, got {v!r}")
         return int(v * 1e9)
+
+    @property
+    def contract_due(self) -> int:
+        v = self.contract_due_days
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 60:
+            raise ConfigError(f"contract_due_days: expected trading days from 1 to 60, got {v!r}")
+        return v
 
     @property
     def reach_mode(self) -> str:

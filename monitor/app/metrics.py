@@ -27,7 +27,8 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 
 FEED_STATES = ("waiting", "live", "stale", "reconnecting", "error", "done")
 EVENT_SOURCE_STATES = ("none", "waiting", "live", "reconnecting", "error", "done")
-EVENT_KINDS = ("TIER_CHANGE", "CALL_ISSUED", "CALL_CURED", "CALL_EXPIRED", "TRADING_PATTERN",
+EVENT_KINDS = ("TIER_CHANGE", "CALL_ISSUED", "CALL_CURED", "CALL_EXPIRED", "CONTRACT_DUE",
+               "CONTRACT_EXPIRED", "TRADING_PATTERN",
                "CREDIT_LINE", "CONCENTRATION", "FINANCING_HALT")
 CYCLE_PATHS = ("incremental", "sweep", "reach", "none")
 # the reasons monitor/core/account_events.py refuses an event with, and `undecodable` (not JSON,

@@ -84,7 +84,8 @@ class Monitor:
         self.closures = ClosuresWatch(cfg)  # closures_file re-read when it changes
         self.engine = Engine(self.state, EngineConfig(
             hysteresis_bp=cfg.hysteresis_bp, sweep_share=cfg.sweep_share, reach=cfg.reach_mode,
-            call_days=cfg.call_days, calendar=build_calendar(cfg),
+            call_days=cfg.call_days, contract_due_days=cfg.contract_due,
+            calendar=build_calendar(cfg),
             close_settle_s=cfg.close_settle_s, clock="tape" if self.tape else "ticks",
             max_skew_ns=cfg.max_tick_skew_ns,
             shard=cfg.shard_spec.index if cfg.shard_spec is not None else None),

@@ -33,6 +33,12 @@ from monitor.book.columns import (
     ints,
     strings,
 )
+from monitor.book.contracts import (  # contract fields (§6)
+    default_margin_ratio_bp,
+    number_contracts,
+    read_contract_terms,
+    read_position_contracts,
+)
 from monitor.book.credit_terms import read_credit_terms  # credit fields (docs/credit-controls.md)
 from monitor.book.model import Book
 from monitor.book.shard import Shard, filter_tables
@@ -87,7 +93,8 @@ MONEY_FIELDS = {
                  "withdrawable", "normal", "warning", "margin_call", "target",
                  "financing_line", "short_line"),
     "positions": ("financed_cost", "fin_margin_ratio", "short_sell_amount", "short_margin_ratio"),
-    "profiles": ("withdrawable", "normal", "warning", "margin_call", "target", "cure_line"),
+    "profiles": ("withdrawable", "normal", "warning", "margin_call", "target", "cure_line",
+                 "fin_margin_ratio", "short_margin_ratio"),
 }
 
 
@@ -210,7 +217,8 @@ def _csv_text_columns(key):
     # read money as text so "10.20" stays exact; ids as text so "000001.SZ" keeps its zeros
     ids = {"securities": ("symbol", "board", "group", "type", "listing_date"),
            "accounts": ("account_id", "profile"),
-           "positions": ("account_id", "symbol", "kind"), "profiles": ("name",)}[key]
+           "positions": ("account_id", "symbol", "kind", "contract_id", "open_date", "term_end",
+                         "repay_mode"), "profiles": ("name",)}[key]
     return ids + MONEY_FIELDS[key]
 
 
@@ -226,11 +234,13 @@ def build_book(tables: dict[str, pa.Table], names: dict[str, str], source: str =
                      "positions"), secs["index"], accts["index"])
     credit = read_credit_terms(chk, tables, names, secs, profiles, accts)
     call_terms = read_call_terms(chk, tables.get("profiles"), profiles)
+    contract_terms = read_contract_terms(chk, tables.get("profiles"), profiles)
     if chk.problems:
         raise BookError(chk.problems, source)
     book = _assemble(secs, profiles, accts, pos)
     book.credit = credit
     book.call_terms = call_terms
+    book.contract_terms = contract_terms
     _check_headroom(chk, book)
     if chk.problems:
         raise BookError(chk.problems, source)
@@ -490,6 +500,14 @@ def _positions(chk, t, name, sec_index, acct_index):
                                    required=False)
     fin = kind == u.FINANCED
     short = kind == u.SHORT
+    con = read_position_contracts(chk, t, n, where, kind, acct, acct_ids)
+    dated = con["open_day"] > 0
+    fin_mr, miss_fm, sh_mr, miss_sm = (x.copy() for x in (fin_mr, miss_fm, sh_mr, miss_sm))
+    # a dated contract without a margin ratio takes the exchange minimum of its open date
+    for mr, miss, k in ((fin_mr, miss_fm, u.FINANCED), (sh_mr, miss_sm, u.SHORT)):
+        for i in np.flatnonzero(miss & dated & (kind == k)).tolist():
+            mr[i] = default_margin_ratio_bp(k, int(con["open_day"][i]))
+            miss[i] = False
     chk.rows(where, np.flatnonzero(fin & miss_fc), "financed_cost",
              "missing on a financed position")
     chk.rows(where, np.flatnonzero(fin & ~miss_fc & ok_fc & (fin_cost < 0)), "financed_cost",
@@ -507,7 +525,9 @@ def _positions(chk, t, name, sec_index, acct_index):
         chk.rows(where, np.flatnonzero(mask & ~miss & ok & (mr <= 0)), label, "must be > 0")
     cost = np.where(fin, fin_cost, np.where(short, sh_amt, 0)).astype(np.int64)
     mratio = np.where(fin, fin_mr, np.where(short, sh_mr, 0)) / u.RATIO_SCALE
-    return {"acct": acct, "sec": sec, "kind": kind, "qty": qty, "cost": cost, "mratio": mratio}
+    return {"acct": acct, "sec": sec, "kind": kind, "qty": qty, "cost": cost, "mratio": mratio,
+            "cid": number_contracts(kind, con["open_day"]), "cids": con["ids"],
+            "open_day": con["open_day"], "term_day": con["term_day"]}
 
 
 def _assemble(secs, profiles, accts, pos):
@@ -515,7 +535,15 @@ def _assemble(secs, profiles, accts, pos):
     order = np.argsort(pos["acct"], kind="stable")
     ptr = np.zeros(n_acct + 1, dtype=np.int64)
     np.cumsum(np.bincount(pos["acct"], minlength=n_acct), out=ptr[1:])
+    cid = pos["cid"]
+    names = {int(cid[i]): str(nm) for i, nm in enumerate(pos["cids"]) if nm is not None}
+    index = {(int(pos["acct"][i]), str(nm)): int(cid[i]) for i, nm in enumerate(pos["cids"])
+             if nm is not None}
     return Book(
+        pos_cid=cid[order], pos_open_day=pos["open_day"][order],
+        pos_term_day=pos["term_day"][order],
+        pos_notice=np.zeros(order.shape[0], dtype=np.int8), contract_names=names,
+        contract_index=index, next_cid=int(cid.max(initial=0)) + 1,
         symbols=secs["symbols"], price=secs["price"], prev_close=secs["prev_close"],
         haircut=secs["haircut"].astype(np.float64), board=secs["board"], lot=secs["lot"],
         suspended=secs["suspended"], symbol_index=secs["index"],

@@ -107,6 +107,17 @@ class Book:
     listing_day: np.ndarray | None = None  # int64 date ordinal, 0: not known
     sec_type: np.ndarray | None = None  # int8 kernels.bands.TYPE_*
     limit_override: np.ndarray | None = None  # int64 bp, NO_LIMIT, or DERIVE (the table)
+    # contracts (负债合约, monitor/book/contracts.py): per position row, beside pos_*; None in a
+    # book built without them (`contracts()` fills in the defaults)
+    pos_cid: np.ndarray | None = None  # int64 contract number (repayment order), 0 collateral
+    pos_open_day: np.ndarray | None = None  # int32 date ordinal, 0 unknown
+    pos_term_day: np.ndarray | None = None  # int32 date ordinal, 0 no term end
+    pos_notice: np.ndarray | None = None  # int8 NOTICE_DUE | NOTICE_EXPIRED sent
+    contract_names: dict | None = None  # contract number -> the book's contract_id
+    contract_index: dict | None = None  # (account, contract_id) -> contract number
+    next_cid: int = 0  # the number the next contract opened takes (0: not set yet)
+    # contract terms per profile (monitor/book/contracts.py); None: the defaults for all
+    contract_terms: object | None = None
 
     def __post_init__(self):
         if not self.symbol_index:
@@ -144,16 +155,47 @@ class Book:
             out[dst] = a[src]
             return out
 
+        self.contracts()
         return replace(self, pos_ptr=ptr, pos_sec=spread(self.pos_sec),
                        pos_kind=spread(self.pos_kind), pos_qty=spread(self.pos_qty),
                        pos_cost=spread(self.pos_cost),
                        pos_margin_ratio=spread(self.pos_margin_ratio),
+                       pos_cid=spread(self.pos_cid), pos_open_day=spread(self.pos_open_day),
+                       pos_term_day=spread(self.pos_term_day),
+                       pos_notice=spread(self.pos_notice),
+                       contract_names=dict(self.contract_names),
+                       contract_index=dict(self.contract_index),
                        pos_used=used.astype(np.int64).copy(),
                        price=self.price.copy(), haircut=self.haircut.copy(),
                        suspended=self.suspended.copy(), cash=self.cash.copy(),
                        accrued=self.accrued.copy(), other_debt=self.other_debt.copy(),
                        other_collateral=self.other_collateral.copy(),
                        profile_of=self.profile_of.copy())
+
+    def contracts(self) -> None:
+        """Make sure the contract columns exist: a book built without them numbers its
+        financed and short rows in book order, without dates or terms."""
+        m = self.pos_sec.shape[0]
+        if self.pos_cid is None:
+            self.pos_cid = np.zeros(m, dtype=np.int64)
+            rows = np.flatnonzero(self.pos_kind != u.COLLATERAL)
+            if self.pos_used is not None:  # only rows in use
+                acct = np.repeat(np.arange(self.n_accounts), np.diff(self.pos_ptr))
+                rank = np.arange(m) - self.pos_ptr[:-1][acct]
+                rows = rows[(rank < self.pos_used[acct])[rows]]
+            self.pos_cid[rows] = np.arange(1, rows.shape[0] + 1, dtype=np.int64)
+        if self.pos_open_day is None:
+            self.pos_open_day = np.zeros(m, dtype=np.int32)
+        if self.pos_term_day is None:
+            self.pos_term_day = np.zeros(m, dtype=np.int32)
+        if self.pos_notice is None:
+            self.pos_notice = np.zeros(m, dtype=np.int8)
+        if self.contract_names is None:
+            self.contract_names = {}
+        if self.contract_index is None:
+            self.contract_index = {}
+        if self.next_cid <= 0:
+            self.next_cid = int(self.pos_cid.max(initial=0)) + 1
 
     def calls(self) -> CallTerms:
         """The call terms, defaults when the book has none."""

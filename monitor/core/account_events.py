@@ -4,7 +4,8 @@ One JSON object per event (a JSONL line or a Redis stream entry's `data` field):
 
     {"type": "deposit" | "withdrawal", "account_id", "amount"}
     {"type": "repayment", "account_id", "amount", "source": "cash" | "external"}
-    {"type": "fill", "account_id", "symbol", "side", "qty", "price", "fee"?, "margin_ratio"?}
+    {"type": "fill", "account_id", "symbol", "side", "qty", "price", "fee"?, "margin_ratio"?,
+     "contract_id"?, "term_end"?}
         side: collateral_buy, collateral_sell, financed_buy, sell_to_repay, short_sell,
               buy_to_cover
     {"type": "interest_accrual", "account_id"?, "days"?, "financing_rate", "short_fee_rate",
@@ -12,6 +13,18 @@ One JSON object per event (a JSONL line or a Redis stream entry's `data` field):
     {"type": "haircut", "symbol", "haircut"}
     {"type": "suspend" | "resume", "symbol"}
     {"type": "profile", "account_id", "profile"}
+    {"type": "extension", "account_id", "contract_id", "term_end"}
+
+Contracts (monitor/book/contracts.py): a financed buy or a short sale adds to the account's
+open contract of that security opened the same day at the same margin ratio, else opens a new
+one (numbered after every older one; `contract_id` names it, or the one to add to), with the
+event's `margin_ratio`, else its profile's, else the exchange minimum of the open date, and a
+term of 6 months unless `term_end` says otherwise. `sell_to_repay` and `buy_to_cover` take the
+shares of the named contract first, then the security's contracts in repayment order; the
+proceeds of a sale repay interest and fees, then the contracts whose shares were sold, then the
+other financed contracts in repayment order. A direct repayment pays interest and fees, then
+the named contract, then principal in repayment order (oldest first). An `extension` moves a
+contract's term end later, by at most 6 months past the current one.
 
 Optional on every event: `event_id` (a repeated id is rejected as a duplicate) and `ts` (ns).
 An invalid event raises `AccountEventError` with a reason (`REASONS`) and leaves the book
@@ -23,12 +36,23 @@ some accounts past the bound is applied to the others; `skipped` names those it 
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 import numpy as np
 
 from kernels import units as u
+from monitor.book.contracts import MAX_ID_CHARS as MAX_CONTRACT_ID_CHARS
+from monitor.book.contracts import (
+    TERM_MONTHS,
+    add_months,
+    contract_row,
+    default_margin_ratio,
+    is_open,
+    parse_day,
+)
+from monitor.core.calendar import china_day
 from monitor.core.ledger import Ledger
 from monitor.core.state import MarginState
 from monitor.errors import AccountEventError
@@ -36,7 +60,7 @@ from monitor.errors import AccountEventError
 FILL_SIDES = ("collateral_buy", "collateral_sell", "financed_buy", "sell_to_repay",
               "short_sell", "buy_to_cover")
 TYPES = ("deposit", "withdrawal", "repayment", "fill", "interest_accrual", "haircut",
-         "suspend", "resume", "profile")
+         "suspend", "resume", "profile", "extension")
 MAX_FILL_QTY = u.MAX_FILL_QTY  # shares in one fill: far beyond any real order
 MAX_ID_CHARS = 256  # an event_id is remembered (duplicate detection): keep it small
 MAX_NUMBER_CHARS = 64  # a decimal string longer than this is not a number we take
@@ -46,8 +70,8 @@ MAX_NUMBER_CHARS = 64  # a decimal string longer than this is not a number we ta
 REASONS = ("malformed", "oversize", "unknown_type", "missing_field", "bad_number", "bad_value",
            "non_finite", "non_positive", "negative", "out_of_range", "overflow", "bad_ts",
            "duplicate", "unknown_account", "unknown_symbol", "unknown_profile",
-           "insufficient_cash", "insufficient_position", "exceeds_debt", "read_only",
-           "internal_error")
+           "unknown_contract", "insufficient_cash", "insufficient_position", "exceeds_debt",
+           "read_only", "internal_error")
 _MAX_EVENT_MONEY = Decimal(u.MAX_EVENT_MONEY).scaleb(-3)
 
 
@@ -146,6 +170,10 @@ class AccountEvents:
         # accounts a book-wide accrual left out (they would have passed the bound), with why:
         # [(account index, reason, message)], of the last event applied
         self.skipped: list[tuple[int, str, str]] = []
+        # the monitor's clock (ns, the ticks' exchange time; the engine sets it before each
+        # event): the open date of a contract a fill without `ts` opens
+        self.clock_ns = 0
+        self._now_ns: int | None = None
         # the highest price each security can take (the tick guard refuses beyond limit_up, on
         # any trading day: the widest band of kernels/bands.py)
         b = state.book
@@ -169,6 +197,7 @@ class AccountEvents:
         if not isinstance(kind, str) or kind not in TYPES:
             raise AccountEventError("unknown_type", f"unknown event type {_short(kind)}")
         check_ts(ev, now_ns, self.max_skew_ns)
+        self._now_ns = now_ns
         eid = ev.get("event_id")
         if eid is not None:
             if isinstance(eid, bool) or not isinstance(eid, (str, int)) \
@@ -207,31 +236,146 @@ class AccountEvents:
         return self._gross_after(a, int(self.state.book.cash[a]),
                                  int(self.state.book.accrued[a]))
 
-    def _gross_after(self, a, cash, accrued, paid=None, fill=None) -> int:
-        """G of account `a` with `cash` and `accrued` as given, `paid` (row -> cost repaid)
-        taken off and `fill` = (sec, kind, dqty, dcost) applied, in Python integers."""
+    def _gross_after(self, a, cash, accrued, deltas=None, new=None) -> int:
+        """G of account `a` with `cash` and `accrued` as given, `deltas` (row -> (dqty,
+        dcost)) applied and `new` = (sec, qty, cost) a row to open, in Python integers."""
         b, up = self.state.book, self._up
         g = abs(cash) + abs(accrued) + abs(int(b.other_debt[a])) \
             + abs(int(b.other_collateral[a]))
-        row = self.ledger.book_row(a, fill[0], fill[1]) if fill is not None else -1
         for j in self.ledger.rows(a):
             q, c = int(b.pos_qty[j]), int(b.pos_cost[j])
-            if paid:
-                c -= paid.get(j, 0)
-            if j == row:
-                q += fill[2]
-                c += fill[3]
+            if deltas and j in deltas:
+                q += deltas[j][0]
+                c += deltas[j][1]
             g += abs(c) + abs(q) * int(up[b.pos_sec[j]])
-        if fill is not None and row < 0:
-            g += abs(fill[3]) + abs(fill[2]) * int(up[fill[0]])
+        if new is not None:
+            g += abs(new[2]) + abs(new[1]) * int(up[new[0]])
         return g
 
-    def _bounded(self, a, cash, accrued, paid=None, fill=None) -> None:
-        g = self._gross_after(a, cash, accrued, paid, fill)
+    def _bounded(self, a, cash, accrued, deltas=None, new=None) -> None:
+        g = self._gross_after(a, cash, accrued, deltas, new)
         if g > u.MAX_ACCOUNT_MONEY:
             raise AccountEventError(
                 "overflow", f"the account's gross amount would be {g / u.MONEY_SCALE:.2f} "
                 f"yuan, beyond the exact range ({u.MAX_ACCOUNT_MONEY // u.MONEY_SCALE} yuan)")
+
+    # ------------------------------------------------------------------ contracts
+    def _day(self, ev, now_ns) -> int:
+        """The day (China time) an event happens on: its `ts`, else the monitor's clock."""
+        ts = ev.get("ts")
+        if isinstance(ts, int) and not isinstance(ts, bool):
+            return china_day(ts)
+        return china_day(self.clock_ns or now_ns or self._now_ns or time.time_ns())
+
+    def _contract_id(self, ev, required=False) -> str | None:
+        v = ev.get("contract_id")
+        if v is None:
+            if required:
+                raise AccountEventError("missing_field", "'contract_id' is required")
+            return None
+        if not isinstance(v, str) or not v.strip() or len(v) > MAX_CONTRACT_ID_CHARS:
+            raise AccountEventError("bad_value", "'contract_id' must be a non-empty string of "
+                                    f"at most {MAX_CONTRACT_ID_CHARS} characters")
+        return v.strip()
+
+    def _named(self, a, ev, kind=None, s=None, required=False) -> int:
+        """The row of the contract the event names (-1 when it names none)."""
+        name = self._contract_id(ev, required)
+        if name is None:
+            return -1
+        b = self.state.book
+        b.contracts()
+        j = contract_row(b, a, name)
+        if j < 0:
+            raise AccountEventError("unknown_contract",
+                                    f"the account has no contract {_short(name)}")
+        if (kind is not None and b.pos_kind[j] != kind) or (s is not None and b.pos_sec[j] != s):
+            raise AccountEventError("bad_value", f"contract {_short(name)} is not a "
+                                    f"{u.KIND_NAMES[kind]} contract in this security")
+        return j
+
+    def _term(self, ev, day) -> int:
+        """A new contract's term end: `term_end`, else 6 months after its open day."""
+        v = ev.get("term_end")
+        if v is None:
+            return add_months(day)
+        d = parse_day(v)
+        if d is None:
+            raise AccountEventError("bad_value", "'term_end' must be an ISO date (YYYY-MM-DD)")
+        if not day <= d <= add_months(day):
+            raise AccountEventError("out_of_range", f"'term_end' must be from the open date "
+                                    f"to {TERM_MONTHS} months after it")
+        return d
+
+    def _opening(self, a, s, kind, ev, now_ns, mr):
+        """(row to add to or -1, margin ratio, open day, term day, name of a new one)."""
+        b, led = self.state.book, self.ledger
+        b.contracts()
+        day = self._day(ev, now_ns)
+        if mr is None:
+            terms = b.contract_terms
+            p = int(b.profile_of[a])
+            mr = (terms.margin_ratio(p, kind, day) if terms is not None
+                  else default_margin_ratio(kind, day))
+        name = self._contract_id(ev)
+        if name is not None:
+            j = contract_row(b, a, name)
+            if j >= 0:
+                if b.pos_kind[j] != kind or b.pos_sec[j] != s:
+                    raise AccountEventError("bad_value", f"contract {_short(name)} is not a "
+                                            f"{u.KIND_NAMES[kind]} contract in this security")
+                return j, float(b.pos_margin_ratio[j]), day, 0, None
+            if name.startswith("#"):
+                raise AccountEventError("bad_value", "a new contract's id may not start with "
+                                        "'#' (the monitor's numbers)")
+            return -1, mr, day, self._term(ev, day), name
+        term = self._term(ev, day)
+        for j in led.contract_rows(a, kind, s):
+            if int(b.pos_open_day[j]) == day and float(b.pos_margin_ratio[j]) == mr \
+                    and int(b.pos_term_day[j]) == term and int(b.pos_cid[j]) not in \
+                    b.contract_names:
+                return j, mr, day, term, None
+        return -1, mr, day, term, None
+
+    def _taking(self, a, s, kind, qty, first) -> dict[int, int]:
+        """Shares to take per row: the named contract's first, then the security's contracts
+        in repayment order (a financed contract already repaid last)."""
+        b = self.state.book
+        rows = [j for j in self.ledger.rows(a)
+                if b.pos_sec[j] == s and b.pos_kind[j] == kind and b.pos_qty[j] > 0]
+        rows.sort(key=lambda j: (j != first, kind == u.FINANCED and b.pos_cost[j] <= 0,
+                                 int(b.pos_cid[j]) if b.pos_cid is not None else j))
+        take, left = {}, qty
+        for j in rows:
+            t = min(left, int(b.pos_qty[j]))
+            if t:
+                take[j] = t
+                left -= t
+        return take
+
+    def _extension(self, ev):
+        """Move a contract's term end later (展期): at most 6 months past the current one
+        (past the event's day for a contract without one). Its margin ratio stays."""
+        a = self._account(ev)
+        j = self._named(a, ev, required=True)
+        b = self.state.book
+        if not is_open(b.pos_kind[j:j + 1], b.pos_qty[j:j + 1], b.pos_cost[j:j + 1])[0]:
+            raise AccountEventError("bad_value", "the contract is settled: nothing to extend")
+        if ev.get("term_end") is None:
+            raise AccountEventError("missing_field", "'term_end' is required")
+        d = parse_day(ev.get("term_end"))
+        if d is None:
+            raise AccountEventError("bad_value", "'term_end' must be an ISO date (YYYY-MM-DD)")
+        cur = int(b.pos_term_day[j])
+        base = cur or self._day(ev, None)
+        if d <= cur:
+            raise AccountEventError("bad_value", "an extension moves the term end later")
+        if d > add_months(base):
+            raise AccountEventError("out_of_range", f"an extension moves the term end by at "
+                                    f"most {TERM_MONTHS} months")
+        b.pos_term_day[j] = d
+        b.pos_notice[j] = 0  # due again, at the new term end
+        return []
 
     # ------------------------------------------------------------------ cash
     def _deposit(self, ev):
@@ -262,14 +406,17 @@ class AccountEvents:
         cash, accrued = int(b.cash[a]), int(b.accrued[a])
         if source == "cash" and amount > cash:
             raise AccountEventError("insufficient_cash", "repayment exceeds the cash balance")
-        fin = [j for j in led.rows(a) if b.pos_kind[j] == u.FINANCED and b.pos_cost[j] > 0]
+        named = self._named(a, ev, u.FINANCED)
+        fin = led.contract_rows(a, u.FINANCED)  # repayment order: oldest first
+        if named >= 0:
+            fin = [named] + [j for j in fin if j != named]
         owed = accrued + sum(int(b.pos_cost[j]) for j in fin)
         if amount > owed:
             raise AccountEventError("exceeds_debt", "repayment exceeds interest and principal")
         pay = min(amount, accrued)
         left = amount - pay
         paid = {}
-        for j in fin:  # book order is the order positions were opened: oldest first
+        for j in fin:
             p = min(left, int(b.pos_cost[j]))
             paid[j] = p
             left -= p
@@ -305,47 +452,58 @@ class AccountEvents:
             mr = float(_rate(ev, "margin_ratio"))
         b, led = self.state.book, self.ledger
         cash, accrued = int(b.cash[a]), int(b.accrued[a])
-        if side == "collateral_buy":
-            fill, cash = (s, u.COLLATERAL, qty, 0), cash - value - fee
-        elif side == "collateral_sell":
-            self._need(a, s, u.COLLATERAL, qty)
-            fill, cash = (s, u.COLLATERAL, -qty, 0), cash + value - fee
-        elif side == "financed_buy":
-            fill = (s, u.FINANCED, qty, value + fee)
+        if side in ("collateral_buy", "collateral_sell"):
+            if side == "collateral_sell":
+                self._need(a, s, u.COLLATERAL, qty)
+            dq, cash = (qty, cash - value - fee) if side == "collateral_buy" \
+                else (-qty, cash + value - fee)
+            j = led.book_row(a, s, u.COLLATERAL)
+            self._bounded(a, cash, accrued, {j: (dq, 0)} if j >= 0 else None,
+                          (s, dq, 0) if j < 0 else None)
+            led.change_position(a, s, u.COLLATERAL, dq, 0)
+        elif side in ("financed_buy", "short_sell"):
+            kind = u.FINANCED if side == "financed_buy" else u.SHORT
+            j, ratio, day, term, name = self._opening(a, s, kind, ev, self.clock_ns, mr)
+            cost = value + fee if kind == u.FINANCED else value
+            if kind == u.SHORT:
+                cash += value - fee
+            self._bounded(a, cash, accrued, {j: (qty, cost)} if j >= 0 else None,
+                          (s, qty, cost) if j < 0 else None)
+            if j < 0:
+                j = led.open_contract(a, s, kind, ratio, day, term, name)
+            led.change_rows(a, {j: (qty, cost)})
         elif side == "sell_to_repay":
+            first = self._named(a, ev, u.FINANCED, s)
             self._need(a, s, u.FINANCED, qty)
+            take = self._taking(a, s, u.FINANCED, qty, first)
             proceeds = value - fee
-            j = led.book_row(a, s, u.FINANCED)
             pay = min(max(proceeds, 0), accrued)  # interest first
             accrued -= pay
             left = proceeds - pay
-            paid = {}
-            rows = [j] + [r for r in led.rows(a) if r != j and b.pos_kind[r] == u.FINANCED]
-            for r in rows:  # this position's principal, then the oldest others
+            deltas = {r: (-t, 0) for r, t in take.items()}
+            # the contracts whose shares were sold, then the others in repayment order
+            order = [r for r in take if b.pos_cost[r] > 0] + [
+                r for r in led.contract_rows(a, u.FINANCED) if r not in take]
+            for r in order:
                 p = min(max(left, 0), int(b.pos_cost[r]))
-                paid[r] = p
-                left -= p
+                if p:
+                    deltas[r] = (deltas.get(r, (0, 0))[0], -p)
+                    left -= p
             cash += left
-            fill = (s, u.FINANCED, -qty, 0)
-            self._bounded(a, cash, accrued, paid, fill)
-            for r, p in paid.items():  # rows stay put: a sale opens no row
-                b.pos_cost[r] -= p
+            self._bounded(a, cash, accrued, deltas)
             b.accrued[a] = accrued
-            led.change_position(a, s, u.FINANCED, -qty, 0)
-            b.cash[a] = cash
-            led.refresh_base(a)
-            return [a]
-        elif side == "short_sell":
-            fill, cash = (s, u.SHORT, qty, value), cash + value - fee
+            led.change_rows(a, deltas)  # rows stay put: a sale opens no row
         else:  # buy_to_cover
+            first = self._named(a, ev, u.SHORT, s)
             self._need(a, s, u.SHORT, qty)
-            j = led.book_row(a, s, u.SHORT)
-            owed, sold = int(b.pos_qty[j]), int(b.pos_cost[j])
-            released = sold if qty == owed else (sold * qty + owed // 2) // owed
-            fill, cash = (s, u.SHORT, -qty, -released), cash - value - fee
-        self._bounded(a, cash, accrued, None, fill)
-        led.change_position(a, fill[0], fill[1], fill[2], fill[3],
-                            mr if side in ("financed_buy", "short_sell") else None)
+            deltas = {}
+            for r, t in self._taking(a, s, u.SHORT, qty, first).items():
+                owed, sold = int(b.pos_qty[r]), int(b.pos_cost[r])
+                released = sold if t == owed else (sold * t + owed // 2) // owed
+                deltas[r] = (-t, -released)
+            cash -= value + fee
+            self._bounded(a, cash, accrued, deltas)
+            led.change_rows(a, deltas)
         b.cash[a] = cash
         led.refresh_base(a)
         return [a]

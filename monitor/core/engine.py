@@ -46,6 +46,7 @@ from monitor.book.model import Holdings
 from monitor.core.account_events import AccountEventError, AccountEvents
 from monitor.core.calendar import TradingCalendar, china_day, close_ns, default_calendar
 from monitor.core.calls import NO_DEADLINE, MarginCall
+from monitor.core.contracts import ContractWatch
 from monitor.core.credit import CreditConfig, CreditControls
 from monitor.core.envelope import EventStamps
 from monitor.core.lifecycle import CallLifecycle
@@ -86,6 +87,8 @@ class EngineConfig:
     credit_interval_ns: int = 50_000_000
     call_days: int = 2  # margin-call deadline, trading days after the day of issue (the
     # default of profiles without call_days)
+    contract_due_days: int = 5  # CONTRACT_DUE this many trading days before a term end (the
+    # default of profiles without contract_due_days)
     calendar: TradingCalendar | None = None  # None: exchange_calendars XSHG, no closures
     close_settle_s: float = 60.0  # ticks stamped up to 15:00 + this belong to the day's close
     clock: str = "ticks"  # "ticks" (live) | "tape" (replay: nothing dated before a tick)
@@ -154,6 +157,7 @@ class Engine:
             state.calendar = self.lifecycle.calendar
             state.set_band_day(state.bands.day, force=True)
         self.calls = self.lifecycle.calls
+        self.contracts = ContractWatch(self, self.config.contract_due_days)
         # the clock (module docstring): 0 until known
         self.clock_ns = 0
         self._band_ordinal = state.bands.day.toordinal()  # the bands' trading date
@@ -279,7 +283,9 @@ class Engine:
         while t > self._boundary:
             b = self._boundary
             self.clock_ns = max(self.clock_ns, b)
-            out.extend(self.lifecycle.at_close(china_day(b - self._settle_ns), now_ns))
+            day = china_day(b - self._settle_ns)
+            out.extend(self.lifecycle.at_close(day, now_ns))
+            out.extend(self.contracts.at_close(day, now_ns))
             self._boundary = self._next_boundary(b + 1)
         self.clock_ns = max(self.clock_ns, int(t))
         self._sync_bands()
@@ -484,6 +490,7 @@ class Engine:
             raise AccountEventError("read_only", "this engine's book is read-only "
                                     "(build its MarginState with live=True)")
         try:
+            self.account_events.clock_ns = self.clock_ns  # the day a contract opens on
             accounts = self.account_events.apply(ev, now_ns)
         except AccountEventError:
             raise  # refused before any change
@@ -725,8 +732,11 @@ class Engine:
         loaded, as (meta, arrays). Take it between cycles, with nothing pending; the runtime
         writes it with monitor/snapshot.py."""
         st, b, ae = self.state, self.state.book, self.account_events
+        b.contracts()
         arrays = {"book_" + k: np.array(getattr(b, k), copy=True) for k in LIVE_BOOK
                   if getattr(b, k) is not None}
+        named = [[int(cid), int(a), nm] for (a, nm), cid in b.contract_index.items()]
+        arrays["contract_names"] = np.frombuffer(orjson.dumps(named), dtype=np.uint8).copy()
         arrays.update(price=st.price.copy(), reported=self.reported.copy(),
                       last_ts=self.last_ts.copy(), tier_seq=self.tier_seq.copy())
         calls = self.calls.all_open()
@@ -744,7 +754,7 @@ class Engine:
         arrays["seen_ids"] = np.frombuffer(orjson.dumps(seen), dtype=np.uint8).copy()
         meta = {"run_id": self.run_id, "seq": self.seq, "cycles": self.cycles,
                 "events_applied": ae.applied if ae is not None else 0,
-                "clock_ns": self.clock_ns, "ticked": self._ticked}
+                "clock_ns": self.clock_ns, "ticked": self._ticked, "next_cid": b.next_cid}
         return meta, arrays
 
     def restore_state(self, meta: dict, arrays: dict, now_ns: int, *, seq: int | None = None,
@@ -775,6 +785,21 @@ class Engine:
         for k in ("pos_ptr", "pos_sec", "pos_kind", "pos_qty", "pos_cost", "pos_margin_ratio",
                   "pos_used"):  # sizes differ when the live book was rebuilt
             setattr(b, k, np.ascontiguousarray(arrays["book_" + k], dtype=getattr(b, k).dtype))
+        if "book_pos_cid" in arrays:
+            for k in CONTRACT_COLUMNS:
+                setattr(b, k, np.ascontiguousarray(arrays["book_" + k],
+                                                   dtype=CONTRACT_DTYPES[k]))
+            named = orjson.loads(arrays["contract_names"].tobytes())
+            b.contract_names = {int(c): str(nm) for c, _, nm in named}
+            b.contract_index = {(int(a), str(nm)): int(c) for c, a, nm in named}
+            b.next_cid = max(int(meta.get("next_cid") or 0),
+                             int(b.pos_cid.max(initial=0)) + 1)
+        else:  # a snapshot without contracts (version 1): numbered in book order, no dates
+            for k in CONTRACT_COLUMNS:
+                setattr(b, k, None)
+            b.contract_names = b.contract_index = None
+            b.next_cid = 0
+            b.contracts()
         st.h = Holdings.from_book(b, slack=True)
         self._based = False  # reach bounds are re-based on the next reach cycle
         st.price[:] = arrays["price"]
@@ -835,7 +860,11 @@ class Engine:
 # what account events change in a live book (monitor/account_events.py, monitor/ledger.py)
 LIVE_BOOK = ("cash", "accrued", "other_debt", "other_collateral", "profile_of", "haircut",
              "suspended", "pos_ptr", "pos_sec", "pos_kind", "pos_qty", "pos_cost",
-             "pos_margin_ratio", "pos_used")
+             "pos_margin_ratio", "pos_used", "pos_cid", "pos_open_day", "pos_term_day",
+             "pos_notice")
+CONTRACT_COLUMNS = ("pos_cid", "pos_open_day", "pos_term_day", "pos_notice")
+CONTRACT_DTYPES = {"pos_cid": np.int64, "pos_open_day": np.int32, "pos_term_day": np.int32,
+                   "pos_notice": np.int8}
 
 
 def _check_restore(b, arrays: dict) -> None:
@@ -859,6 +888,26 @@ def _check_restore(b, arrays: dict) -> None:
     for k in ("pos_sec", "pos_kind", "pos_qty", "pos_cost", "pos_margin_ratio"):
         if arrays["book_" + k].shape != (m,):
             raise ValueError(f"snapshot array 'book_{k}' does not match book_pos_ptr")
+    if "book_pos_cid" in arrays:
+        for k in CONTRACT_COLUMNS:
+            if "book_" + k not in arrays or arrays["book_" + k].shape != (m,):
+                raise ValueError(f"snapshot array 'book_{k}' does not match book_pos_ptr")
+        if "contract_names" not in arrays or arrays["contract_names"].ndim != 1:
+            raise ValueError("snapshot array 'contract_names' is missing")
+        try:
+            named = orjson.loads(arrays["contract_names"].tobytes())
+        except orjson.JSONDecodeError:
+            named = None
+        if not isinstance(named, list) or not all(
+                isinstance(x, list) and len(x) == 3 and isinstance(x[0], int)
+                and isinstance(x[1], int) and 0 <= x[1] < n and isinstance(x[2], str)
+                for x in named):
+            raise ValueError("snapshot array 'contract_names' is not a list of "
+                             "[number, account, id]")
+        days = (arrays["book_pos_open_day"], arrays["book_pos_term_day"])
+        if m and (arrays["book_pos_cid"].min() < 0 or any(
+                d.min() < 0 or d.max() > date.max.toordinal() for d in days)):
+            raise ValueError("snapshot contracts hold impossible numbers or dates")
     if m and (arrays["book_pos_sec"].min() < 0 or arrays["book_pos_sec"].max() >= ns):
         raise ValueError("snapshot positions name securities this book does not have")
     pf = arrays["book_profile_of"]

@@ -35,10 +35,55 @@ class Ledger:
         return range(lo, lo + int(b.pos_used[a]))
 
     def held(self, a: int, s: int, kind: int) -> int:
-        j = self.book_row(a, s, kind)
-        return 0 if j < 0 else int(self.state.book.pos_qty[j])
+        """Shares of `kind` the account holds in `s` (over all its contracts of the kind)."""
+        b = self.state.book
+        return sum(int(b.pos_qty[j]) for j in self.rows(a)
+                   if b.pos_sec[j] == s and b.pos_kind[j] == kind)
 
-    # ------------------------------------------------------------------ changes
+    def contract_rows(self, a: int, kind: int, s: int | None = None) -> list[int]:
+        """Rows of the account's open `kind` contracts (in `s`, or all), in repayment order."""
+        b = self.state.book
+        rows = [j for j in self.rows(a) if b.pos_kind[j] == kind
+                and (s is None or b.pos_sec[j] == s)
+                and (b.pos_cost[j] > 0 if kind == u.FINANCED else b.pos_qty[j] > 0)]
+        rows.sort(key=lambda j: int(b.pos_cid[j]))
+        return rows
+
+    # ------------------------------------------------------------------ contracts
+    def open_contract(self, a: int, s: int, kind: int, margin_ratio: float, open_day: int,
+                      term_day: int, name: str | None = None) -> int:
+        """A new contract row (no shares, no cost yet) numbered after every older one."""
+        b = self.state.book
+        b.contracts()
+        j = self._open_book_row(a, s, kind, margin_ratio)
+        b = self.state.book  # the same object, possibly with fresh columns
+        cid = b.next_cid
+        b.next_cid += 1
+        b.pos_cid[j] = cid
+        b.pos_open_day[j] = open_day
+        b.pos_term_day[j] = term_day
+        b.pos_notice[j] = 0
+        if name is not None:
+            b.contract_names[cid] = name
+            b.contract_index[(int(a), name)] = cid
+        return j
+
+    def change_rows(self, a: int, deltas: dict[int, tuple[int, int]]) -> None:
+        """Add (dqty, dcost) to position rows of account `a` (any securities and kinds)."""
+        b = self.state.book
+        moved: dict[tuple[int, bool], int] = {}
+        for j, (dq, dc) in deltas.items():
+            b.pos_qty[j] += dq
+            b.pos_cost[j] += dc
+            if dq:
+                key = (int(b.pos_sec[j]), bool(b.pos_kind[j] == u.SHORT))
+                moved[key] = moved.get(key, 0) + dq
+        n = self.rebuilds
+        for (s, short), dq in moved.items():
+            if dq and self.rebuilds == n:  # a rebuild took every change from the book
+                self._change_holding(a, s, short, dq)
+        self.refresh_base(a)
+
     def change_position(self, a: int, s: int, kind: int, dqty: int, dcost: int,
                         margin_ratio: float | None = None) -> None:
         """Add `dqty` shares and `dcost` money units of cost (financed principal or short-sale
@@ -89,6 +134,11 @@ class Ledger:
         b.pos_cost[j] = 0
         b.pos_margin_ratio[j] = 1.0 if margin_ratio is None and kind != u.COLLATERAL \
             else (margin_ratio or 0.0)
+        if b.pos_cid is not None:
+            b.pos_cid[j] = 0
+            b.pos_open_day[j] = 0
+            b.pos_term_day[j] = 0
+            b.pos_notice[j] = 0
         return j
 
     def _reslack(self) -> None:

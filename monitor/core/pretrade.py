@@ -25,7 +25,9 @@ import orjson
 
 from kernels import units as u
 from kernels.ratios import tier_of
+from monitor.book.contracts import default_margin_ratio_bp
 from monitor.book.credit_terms import CreditTerms, terms_of
+from monitor.core.calendar import china_day
 from monitor.core.credit import halt_flags
 from monitor.core.state import MarginState, yuan
 from monitor.errors import PretradeError
@@ -39,7 +41,7 @@ TRADES = ("financed_buy", "short_sale", "collateral_buy", "collateral_sell")
 # actions that add exposure or take assets out: checked for concentration after the trade
 CONCENTRATING = ("financed_buy", "short_sale", "collateral_buy", "cash_withdrawal",
                  "collateral_transfer_out")
-DEFAULT_MARGIN_BP = 10_000  # contract margin ratio when neither the action nor a position says
+DEFAULT_MARGIN_BP = 10_000  # the latest exchange minimum (monitor/book/contracts.py), for reference
 MAX_BODY = 16 * 1024
 S = u.RATIO_SCALE
 
@@ -294,11 +296,13 @@ def band_of(state: MarginState, s: int) -> tuple[int, int] | None:
 
 
 def check(state: MarginState, account_id: str, action: dict | Action,
-          controls=None, holds: tuple[int, int] = (0, 0)) -> Decision:
+          controls=None, holds: tuple[int, int] = (0, 0), day: int | None = None) -> Decision:
     """Allowed or refused, with every reason. `controls` (monitor/credit.py CreditControls)
     supplies the live financing-halt state; without it the halt is judged from the book alone
     (halted at or above the halt share, no memory of an earlier halt). `holds`: (available
-    margin balance in money·bp, cash) that earlier passed checks reserved for this account."""
+    margin balance in money·bp, cash) that earlier passed checks reserved for this account.
+    `day` (date ordinal, China time): the day a new contract would open, for its margin ratio;
+    None: the latest exchange minimum."""
     b = state.book
     a = b.account_index.get(account_id) if isinstance(account_id, str) else None
     if a is None:
@@ -377,9 +381,15 @@ def check(state: MarginState, account_id: str, action: dict | Action,
             reasons.append({"code": "NEW_DEBT_BLOCKED", "tier": u.TIER_NAMES[tier],
                             "blocked_at": u.TIER_NAMES[block], "ratio": _ratio(A, L)})
         k_new = u.FINANCED if kind == "financed_buy" else u.SHORT
-        i = acct.row(s, k_new)
-        m = acct.rows[i][4] if i >= 0 and acct.rows[i][4] > 0 else DEFAULT_MARGIN_BP
-        if act.margin_bp is not None:  # the caller may ask for more margin, never for less
+        # the new contract's own ratio (monitor/book/contracts.py): the profile's, else the
+        # exchange minimum of the day, never an older contract's; the caller may ask for
+        # more margin, never for less
+        ct = b.contract_terms
+        m = int((ct.fin_bp if k_new == u.FINANCED else ct.short_bp)[p]) if ct is not None \
+            else -1
+        if m < 0:
+            m = default_margin_ratio_bp(k_new, day or 0)
+        if act.margin_bp is not None:
             m = max(m, act.margin_bp)
         amb4 = acct.amb4(price, hc_bp) - held_amb4
         need4 = V * m
@@ -596,7 +606,8 @@ class PretradeService:
                 raise PretradeError("bad_value", "'reserve' must be true or false")
             aid = doc.get("account_id")
             held = self.holds.of(aid) if isinstance(aid, str) else (0, 0)
-            decision = check(self.engine.state, aid, action, self.engine.credit, held)
+            decision = check(self.engine.state, aid, action, self.engine.credit, held,
+                             day=china_day(self.engine.now(time.time_ns())))
         except PretradeError as e:
             self.rejects[e.code] += 1
             now = time.monotonic()

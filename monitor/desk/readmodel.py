@@ -51,6 +51,7 @@ from kernels.desk import (
 )
 from kernels.stress import distances
 from monitor.adapters.outbox import encode_event
+from monitor.book.contracts import NOTICE_DUE, NOTICE_EXPIRED, contract_dict, contract_row
 from monitor.core.engine import Engine
 from monitor.core.state import yuan
 from monitor.desk.eventring import EventRing
@@ -582,6 +583,14 @@ class Desk:
             "negative_cash": yuan(max(-cash, 0)), "other_debt": yuan(int(b.other_debt[a])),
         }
         out["positions"] = positions
+        out["contracts"] = _contracts(b, st, a, lo, used)
+        # the plan that closes each expired contract still open, at the current prices (the
+        # liquidator's re-pricing of a CONTRACT_EXPIRED, monitor/liquidator/repricer.py)
+        t = eng.now(time.time_ns())
+        out["contract_plans"] = {
+            c["contract_id"]: eng.contracts.plan(a, j, t) for c, j in
+            ((c, contract_row(b, a, c["contract_id"])) for c in out["contracts"]
+             if c["notice"] == "EXPIRED") if j >= 0}
         if fig["liquidation_status"] != u.STATUS_NAMES[u.NOT_REQUIRED]:
             out["plan"] = st.plan_detail(a)
         else:
@@ -881,3 +890,20 @@ def _tiers(v: str | None) -> list[int] | None:
 
 def _same(x: float, y: float) -> bool:
     return (x != x and y != y) or abs(x - y) < 1e-7
+
+
+def _contracts(b, st, a: int, lo: int, used: int) -> list[dict]:
+    """The account's open contracts (负债合约), in repayment order (oldest first)."""
+    if b.pos_cid is None:
+        return []
+    rows = [j for j in range(lo, lo + used) if b.pos_kind[j] != u.COLLATERAL
+            and (b.pos_cost[j] > 0 if b.pos_kind[j] == u.FINANCED else b.pos_qty[j] > 0)]
+    rows.sort(key=lambda j: int(b.pos_cid[j]))
+    out = []
+    for j in rows:
+        c = contract_dict(b, j, int(st.price[b.pos_sec[j]]))
+        c["notice"] = ("EXPIRED" if b.pos_notice[j] & NOTICE_EXPIRED else
+                       "DUE" if b.pos_notice[j] & NOTICE_DUE else None)
+        out.append(c)
+    return out
+

@@ -1,6 +1,6 @@
 """Automated forced liquidation (强制平仓): a Redis Streams worker that turns the monitor's
-FORCED_LIQUIDATION and CALL_EXPIRED alerts into orders for the broker's order system, at least
-once and idempotent (docs/liquidation.md).
+FORCED_LIQUIDATION, CALL_EXPIRED and CONTRACT_EXPIRED alerts into orders for the broker's
+order system, at least once and idempotent (docs/liquidation.md).
 
 - :class:`Liquidator` (worker.py): the consumer-group worker behind ``margin-monitor liquidator``.
 - :class:`LiquidationControl` (control.py): approvals and the kill switch, for the CLI and the

@@ -17,9 +17,9 @@ process may call it and every worker sees the result at once::
     await ctl.aclose()
 
 An approval record (``pending()``, ``get()``): ``event_id``, ``account_id``, ``profile``,
-``reason`` (``forced_liquidation`` | ``call_expired``), ``held`` (why it waits:
-``approval_required``, ``kill_switch``, ``stale_plan``), ``state`` (``pending`` or ``approved``:
-approved and queued for a worker), ``created_ns``, ``plan`` (at the trigger's prices),
+``reason`` (``forced_liquidation`` | ``call_expired`` | ``contract_expired``), ``held`` (why
+it waits: ``approval_required``, ``kill_switch``, ``stale_plan``), ``state`` (``pending`` or
+``approved``: approved and queued for a worker), ``created_ns``, ``plan`` (at the trigger's prices),
 ``orders`` (what would be sent; re-priced when older than ``max_plan_age`` at send time unless
 ``frozen``), ``frozen`` (these exact orders were already handed to the hook once, so they are
 re-sent unchanged), ``event`` (the alert), and once decided ``decided_by``, ``decided_ns``,

@@ -13,7 +13,7 @@ from typing import Any
 
 from monitor.errors import BadEvent
 
-ACTIONABLE = ("forced_liquidation", "call_expired")
+ACTIONABLE = ("forced_liquidation", "call_expired", "contract_expired")
 SIDES = ("sell", "buy_to_cover")
 CASH_REPAYMENT = "cash_repayment"  # the `kind` and `side` of the plan's first instruction
 
@@ -66,12 +66,15 @@ class Keys:
 
 def reason_of(event: dict) -> str | None:
     """`forced_liquidation` for a TIER_CHANGE into FORCED_LIQUIDATION, `call_expired` for
-    CALL_EXPIRED, else None (not acted on)."""
+    CALL_EXPIRED, `contract_expired` for CONTRACT_EXPIRED (its plan closes that contract),
+    else None (not acted on)."""
     kind = event.get("kind")
     if kind == "TIER_CHANGE" and event.get("tier") == "FORCED_LIQUIDATION":
         return "forced_liquidation"
     if kind == "CALL_EXPIRED":
         return "call_expired"
+    if kind == "CONTRACT_EXPIRED":
+        return "contract_expired"
     return None
 
 
@@ -175,6 +178,9 @@ def build_orders(event: dict, plan: dict, reason: str, ts_ns: int | None = None,
         if o.get("kind") == CASH_REPAYMENT:
             order["interest"] = o["interest"]
             order["principal"] = o["principal"]
+        for k in ("purpose", "contract_id"):  # what the order sells (margin-rules.md §4)
+            if isinstance(o.get(k), str):
+                order[k] = o[k]
         if approved_by is not None:
             order["approved_by"] = approved_by
         out.append(order)

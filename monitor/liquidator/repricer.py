@@ -8,8 +8,9 @@ A repricer is any object with ``async reprice(event) -> plan``, where ``plan`` i
 - ``http(s)://MONITOR:PORT`` (the default kind): asks the running monitor,
   ``GET /api/account?id=<account_id>`` with ``Authorization: Bearer <token>``; the monitor
   answers with the account now, including ``plan`` computed by the kernels at the current
-  prices (docs/liquidation.md, "Re-pricing", states the contract). One pooled keep-alive
-  ``httpx`` client per repricer (outbound.py).
+  prices (docs/liquidation.md, "Re-pricing", states the contract; for CONTRACT_EXPIRED the
+  answer's ``contract_plans[contract_id]``, the plan that closes that contract). One pooled
+  keep-alive ``httpx`` client per repricer (outbound.py).
 - ``python:package.module:function``: ``function(event) -> plan`` (sync or ``async def``).
 
 The HTTP repricer also serves the plan re-check (``confirm_plans``, worker.py): ``account(id)``
@@ -128,7 +129,15 @@ class HttpRepricer(Repricer):
     async def reprice(self, event: dict) -> dict:
         account = event["account_id"]
         doc = await self.account(account)
-        plan = dict(_checked(doc.get("plan"), self.name))
+        if event.get("kind") == "CONTRACT_EXPIRED":
+            # the plan that closes that contract now; none when it is settled (or extended)
+            plans = doc.get("contract_plans")
+            plan = plans.get(event.get("contract_id")) if isinstance(plans, dict) else None
+            if plan is None:
+                plan = {"orders": [], "ratio_after": doc.get("ratio"), "residual": 0.0}
+            plan = dict(_checked(plan, self.name))
+        else:
+            plan = dict(_checked(doc.get("plan"), self.name))
         ns = doc.get("server_ns")
         plan["priced_ns"] = ns if isinstance(ns, int) and not isinstance(ns, bool) \
             else time.time_ns()

@@ -7,7 +7,8 @@ Several workers (same group, different consumer names) share the work. Per entry
 0. With ``alert_key_file``: an alert entry without a signature (``unsigned``) or whose
    signature does not verify (``bad_signature``) is moved to the dead-letter stream and
    counted, never looked at further (monitor/adapters/signing.py).
-1. Not acted on (not a TIER_CHANGE into FORCED_LIQUIDATION, not CALL_EXPIRED): XACK.
+1. Not acted on (not a TIER_CHANGE into FORCED_LIQUIDATION, not CALL_EXPIRED, not
+   CONTRACT_EXPIRED): XACK.
    Malformed: moved to the dead-letter stream, XACK.
 2. Already done (``<prefix>:done:<event_id>`` exists): XACK, nothing else (a redelivery).
 3. By the mode of the event's profile: ``notify`` publishes a notice; ``approve`` (or the kill

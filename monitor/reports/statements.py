@@ -221,7 +221,7 @@ def _event_row(e: dict) -> dict:
     trig = e.get("trigger")
     if isinstance(trig, dict):
         row["trigger"] = trig
-    for k in ("rule", "symbol", "evidence", "call", "plan"):
+    for k in ("rule", "symbol", "evidence", "call", "contract_id", "term_end", "plan"):
         if e.get(k) is not None:
             row[k] = e[k]
     return row
@@ -308,7 +308,7 @@ class Reporter:
                 calls[c.get("issued_ns")] = {**c, "last_event": e.get("event_id")}
         liq = [_event_row(e) for e in events
                if (e.get("kind") == "TIER_CHANGE" and e.get("tier") == "FORCED_LIQUIDATION")
-               or e.get("kind") == "CALL_EXPIRED"]
+               or e.get("kind") in ("CALL_EXPIRED", "CONTRACT_EXPIRED")]
         line_levels = {k: int(v) / u.RATIO_SCALE for k, v in
                        zip(u.LINE_NAMES, lines.tolist(), strict=True)}
         alerts = [e for e in events if e.get("kind") != "FILL"]

@@ -10,6 +10,7 @@ from test_engine import T0, random_ticks, strip
 from kernels import units as u
 from monitor.adapters.snapshot import (
     MANIFEST,
+    VERSION,
     SnapshotError,
     book_fingerprint,
     read_snapshot,
@@ -101,6 +102,33 @@ def test_a_restored_engine_continues_exactly_like_the_original(book, tmp_path):
                                "amount": "1", "event_id": "p1-0-0"}, T0)
 
 
+def test_a_version_1_snapshot_without_contracts_still_restores(book, tmp_path):
+    """Version 2 added the contract columns; a version-1 snapshot restores with the contracts
+    numbered in book order (tests/core/test_contracts.py checks the numbering)."""
+    e = live(book)
+    e.start(T0)
+    meta, arrays = e.export_state()
+    fp = book_fingerprint(book)
+    meta.update(taken_ns=T0, book=fp)
+    old = {k: x for k, x in arrays.items()
+           if not k.startswith(("book_pos_cid", "book_pos_open_day", "book_pos_term_day",
+                                "book_pos_notice", "contract_names"))}
+    write_snapshot(tmp_path, meta, old)
+    (tmp_path / MANIFEST).write_text(
+        (tmp_path / MANIFEST).read_text().replace(f'"version": {VERSION}', '"version": 1'))
+    m, got = read_snapshot(tmp_path, fp)
+    assert m["version"] == 1 and "book_pos_cid" not in got
+    fresh = live(book)
+    fresh.restore_state(m, got, T0)
+    assert (fresh.reported == e.reported).all()
+    b = fresh.state.book
+    led = fresh.account_events.ledger
+    rows = [j for a in range(b.n_accounts) for j in led.rows(a) if b.pos_kind[j] != u.COLLATERAL]
+    cids = b.pos_cid[rows]
+    assert (cids > 0).all() and np.unique(cids).shape[0] == len(rows)
+    assert b.next_cid > cids.max()
+
+
 def test_corrupt_incompatible_and_foreign_snapshots_are_refused(book, tmp_path):
     e = live(book)
     e.start(T0)
@@ -119,7 +147,7 @@ def test_corrupt_incompatible_and_foreign_snapshots_are_refused(book, tmp_path):
     with pytest.raises(SnapshotError, match="checksum"):
         read_snapshot(tmp_path, fp)
     (tmp_path / MANIFEST).write_text(
-        (tmp_path / MANIFEST).read_text().replace('"version": 1', '"version": 99'))
+        (tmp_path / MANIFEST).read_text().replace(f'"version": {VERSION}', '"version": 99'))
     with pytest.raises(SnapshotError, match="version 99"):
         read_snapshot(tmp_path, fp)
     (tmp_path / MANIFEST).write_text("{not json")

@@ -168,3 +168,57 @@ def test_a_replayed_day_gives_its_own_deadlines_and_the_same_events_twice(redis_
                 for e in events]
 
     assert strip(a) == strip(b)
+
+
+# TV14 (vectors.json), on earlier dates (a tape ahead of the wall clock is refused as future_ts):
+# contract FX, term end 2026-10-30, open at that day's 15:00 close
+CONTRACT_BOOK = {
+    "securities": [{"symbol": "600008.SH", "price": "30.00", "haircut": "0.6"},
+                   {"symbol": "600009.SH", "price": "10.00", "haircut": "0.6"}],
+    "accounts": [{"account_id": "TV14", "cash": "0", "positions": [
+        {"symbol": "600008.SH", "kind": "collateral", "qty": 5000},
+        {"symbol": "600009.SH", "kind": "financed", "qty": 10000, "financed_cost": "100000",
+         "fin_margin_ratio": "1.0", "contract_id": "FX", "open_date": "2026-04-30",
+         "term_end": "2026-10-30"}]}],
+}
+OCT30 = 1_793_323_800_000_000_000  # 2026-10-30 09:30 China time
+
+
+async def test_contract_expired_goes_out_on_both_outputs(redis_fresh, tmp_path):
+    """A replay across the close of a contract's term end: CONTRACT_EXPIRED, with the plan
+    that closes the contract, byte for byte the same on the websocket and the Redis stream."""
+    book = tmp_path / "book.json"
+    book.write_text(json.dumps(CONTRACT_BOOK))
+    ticks = tmp_path / "ticks.jsonl"
+    ticks.write_text("".join(json.dumps({"symbol": "600009.SH", "price": "10.00", "ts": t}) + "\n"
+                             for t in (OCT30, OCT30 + 72 * 3600 * 10**9)))  # to 11-02 09:30
+    tok = tmp_path / "token"
+    tok.write_text(TOKEN)
+    # paced: 72 hours of tape in about 6 seconds, so the websocket is connected in time
+    proc, port = start_monitor(
+        ["--book", str(book), "--feed", f"replay:{ticks}?speed=43200", "--redis",
+         redis_fresh.url, "--alerts-stream", "ct:alerts", "--token-file", str(tok)], tmp_path)
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/ws/alerts",
+                           additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            got = await recv_until(ws, lambda g: any(
+                orjson.loads(x)["kind"] == "CONTRACT_EXPIRED" for x in g), timeout=60)
+        raw = next(x for x in got if orjson.loads(x)["kind"] == "CONTRACT_EXPIRED")
+        ev = orjson.loads(raw)
+        assert ev["contract_id"] == "FX" and ev["term_end"] == "2026-10-30"
+        assert ev["ts_event"] == OCT30 + 330 * 60 * 10**9  # 15:00 China time
+        assert [(o["symbol"], o["side"], o["purpose"], o["qty"], o["contract_id"])
+                for o in ev["plan"]["orders"]] == [
+            ("600009.SH", "sell", "sell_to_repay", 10000, "FX")]
+        assert ev["plan"]["tier_after"] == "NO_DEBT" and ev["tier"] == "NORMAL"
+        r = redis.Redis.from_url(redis_fresh.url)
+        deadline = time.monotonic() + 10
+        while True:
+            entries = [f[b"data"] for _, f in r.xrange("ct:alerts")]
+            if raw in entries or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert raw in entries
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -315,6 +315,32 @@ async def test_pretrade_endpoint_on_a_running_monitor(monitor_proc):
         "FINANCING_HALTED", "CREDIT_LINE"}
 
 
+@pytest.mark.parametrize("day,profile,action,want", [
+    (None, {}, {}, 1.0),  # the latest minimum, not the older contract's 0.80
+    ("2026-01-16", {}, {}, 0.8),  # before 2026-01-19 the minimum was 80%
+    ("2026-01-19", {}, {}, 1.0),
+    ("2026-03-02", {"fin_margin_ratio": "1.20"}, {}, 1.2),  # the profile's
+    ("2026-03-02", {"fin_margin_ratio": "1.20"}, {"margin_ratio": "1.5"}, 1.5),  # raised
+    ("2026-03-02", {}, {"margin_ratio": "0.5"}, 1.0),  # the caller cannot lower it
+])
+def test_a_financed_buy_is_checked_at_the_new_contract_s_own_margin_ratio(day, profile, action,
+                                                                         want):
+    """A new contract never takes the ratio of an older one in the same stock (issue 15)."""
+    from datetime import date
+
+    doc = {"securities": [{"symbol": "600007.SH", "price": "10.00", "haircut": "0.5"}],
+           "accounts": [{"account_id": "A", "cash": "100000", "positions": [
+               {"symbol": "600007.SH", "kind": "financed", "qty": 1000,
+                "financed_cost": "10000", "fin_margin_ratio": "0.80"}]}]}
+    if profile:
+        doc["profiles"] = {"default": profile}
+    st = MarginState(book_from_dict(doc), live=True)
+    d = check(st, "A", {"type": "financed_buy", "symbol": "600007.SH", "qty": 1000, **action},
+              day=date.fromisoformat(day).toordinal() if day else None)
+    assert d.figures["margin_ratio"] == want
+    assert d.figures["margin_required"] == 10000 * want
+
+
 def test_prices_outside_the_days_band_and_odd_lots_are_refused(crafted_state):
     """Issue 16: a short sale of 1,000,000 shares at 0.01 with the market at 10.00 came back
     allowed, and 150 shares on the main board passed."""

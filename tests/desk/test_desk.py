@@ -521,3 +521,50 @@ def test_event_ring_per_account_trim_and_compaction():
     big = EventRing(1000, {"A": 0})
     big.add(("x", "A", "K", None, None, None, 0, b"y" * 2000))  # larger than the budget
     assert len(big) == 0 and big.get("x") is None and big.of_account(0, 5) == []
+
+
+def test_the_drill_down_lists_contracts_and_the_feed_holds_contract_events():
+    """TV14 through the desk: the account's contracts in repayment order with their own margin
+    ratios and terms, and CONTRACT_DUE / CONTRACT_EXPIRED in the recent events."""
+    from datetime import date, datetime
+
+    from monitor.book.load import book_from_dict
+    from monitor.core.calendar import CHINA
+
+    def at(d, hh, mm=0):
+        return int(datetime(d.year, d.month, d.day, hh, mm, tzinfo=CHINA).timestamp()) * 10**9
+
+    doc = {"securities": [{"symbol": "600008.SH", "price": "30.00", "haircut": "0.6"},
+                          {"symbol": "600009.SH", "price": "10.00", "haircut": "0.6"}],
+           "accounts": [{"account_id": "TV14", "cash": "0", "positions": [
+               {"symbol": "600008.SH", "kind": "collateral", "qty": 5000},
+               {"symbol": "600009.SH", "kind": "financed", "qty": 10000,
+                "financed_cost": "100000", "fin_margin_ratio": "1.0", "contract_id": "FX",
+                "open_date": "2026-06-04", "term_end": "2026-12-04"},
+               {"symbol": "600009.SH", "kind": "financed", "qty": 1000,
+                "financed_cost": "8000", "fin_margin_ratio": "0.80", "contract_id": "F0",
+                "open_date": "2025-12-10", "term_end": "2026-12-10"}]}]}
+    engine = Engine(MarginState(book_from_dict(doc), live=True),
+                    EngineConfig(run_id="ct", clock="tape"))
+    desk = Desk(engine, clock=lambda: T0 + 5)
+    desk.record(engine.start(T0))
+    for t in (at(date(2026, 12, 3), 10), at(date(2026, 12, 7), 9, 31)):
+        engine.add_ticks(np.array([1]), np.array([10_000]), np.array([t]))
+        desk.before_cycle()
+        events = engine.cycle(T0 + 2)
+        desk.enrich(events)
+        desk.record(events)
+    desk.flush()
+    got = ok(desk, "/api/events", kind="CONTRACT_EXPIRED,CONTRACT_DUE")["events"]
+    assert sorted((e["kind"], e["contract_id"]) for e in got) == [
+        ("CONTRACT_DUE", "F0"), ("CONTRACT_DUE", "FX"), ("CONTRACT_EXPIRED", "FX")]
+    d = ok(desk, "/api/account", id="TV14")
+    assert [(c["contract_id"], c["margin_ratio"], c["term_end"], c["notice"])
+            for c in d["contracts"]] == [("F0", 0.8, "2026-12-10", "DUE"),
+                                         ("FX", 1.0, "2026-12-04", "EXPIRED")]
+    assert d["contracts"][1]["principal"] == 100000.0 and d["contracts"][1]["qty"] == 10000
+    assert [e["kind"] for e in d["events"]].count("CONTRACT_EXPIRED") == 1
+    # the plan that closes the expired contract, for the liquidator's re-pricing
+    assert list(d["contract_plans"]) == ["FX"]
+    (o,) = d["contract_plans"]["FX"]["orders"]
+    assert (o["qty"], o["purpose"], o["contract_id"]) == (10000, "sell_to_repay", "FX")

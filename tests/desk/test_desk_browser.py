@@ -218,6 +218,8 @@ def test_risk_desk_in_chromium(desk):
             assert float(ratio_el.get_attribute("data-ratio")) == expected
             assert ratio_el.inner_text() == f"{expected * 100:.4f}%"
             expect(page.locator("#d-positions tbody tr").first).to_be_visible()
+            # the contracts table: one row per open contract, or "No open contracts."
+            expect(page.locator("#d-contracts tbody tr").first).to_be_visible()
             # the plan preview: the cash repayment first (free cash first), then the orders
             plan = evaluated[account]
             cash_row = page.locator("#d-plan tbody tr.cash-repayment")

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -752,8 +753,9 @@ def test_dry_run_logs_only(redis_fresh, r, caplog):
 class MonitorStub:
     """Serves GET /api/account?id=… like the monitor (token required), with a fresh plan."""
 
-    def __init__(self, token: str, plan: dict, fail: int = 0):
+    def __init__(self, token: str, plan: dict, fail: int = 0, extra: dict | None = None):
         self.token, self.plan, self.fail = token, plan, fail
+        self.extra = extra or {}
         self.calls: list[dict] = []
         stub = self
 
@@ -776,7 +778,8 @@ class MonitorStub:
                 self._reply(200, orjson.dumps({
                     "account_id": aid, "tier": "FORCED_LIQUIDATION", "ratio": 1.05,
                     "liquidation_status": "REQUIRED", "shortfall": 0.0,
-                    "plan": stub.plan, "server_ns": 1_700_000_000_000_000_000}))
+                    "plan": stub.plan, "server_ns": 1_700_000_000_000_000_000,
+                    **stub.extra}))
 
             def _reply(self, status, body):
                 self.send_response(status)
@@ -865,3 +868,65 @@ async def test_restored_reannouncement_of_a_handled_event_sends_nothing(redis_fr
     assert done(r, "run-40")["of"] == "run-7"
     assert [o["account_id"] for o in orders_in(r)] == ["R1", "R2"]
     assert pending_count(r) == 0
+
+
+# ------------------------------------------------------------------------------ contracts
+
+TV14_DOC = {"securities": [{"symbol": "600008.SH", "price": "30.00", "haircut": "0.6"},
+                           {"symbol": "600009.SH", "price": "10.00", "haircut": "0.6"}],
+            "accounts": [{"account_id": "TV14", "cash": "0", "positions": [
+                {"symbol": "600008.SH", "kind": "collateral", "qty": 5000},
+                {"symbol": "600009.SH", "kind": "financed", "qty": 10000,
+                 "financed_cost": "100000", "fin_margin_ratio": "1.0", "contract_id": "FX",
+                 "open_date": "2026-06-04", "term_end": "2026-12-04"}]}]}
+
+
+async def test_an_expired_contract_becomes_orders_that_close_it(redis_fresh, r):
+    """CONTRACT_EXPIRED (TV14) from the engine: its plan's orders, naming the contract, with
+    reason contract_expired, though the account is at 250%."""
+    eng = Engine(MarginState(book_from_dict(TV14_DOC), live=True),
+                 EngineConfig(run_id="ctr", clock="tape"))
+    events = eng.start(time.time_ns())
+    fri = 1_796_349_600_000_000_000  # 2026-12-04 10:00 China time
+    for t in (fri, fri + 71 * 3600 * 10**9):  # to Monday 09:00: the close of 12-04 passed
+        eng.add_ticks(np.array([1]), np.array([10_000]), np.array([t]))
+        events += eng.cycle(time.time_ns())
+    assert [e["kind"] for e in events] == ["CONTRACT_EXPIRED"]
+    publish(r, *events)
+    w = await run_worker(cfg_for(redis_fresh.url, hook=f"redis:{ORDERS}",
+                                 max_plan_age=100 * 365 * 86400.0))
+    assert w.stats["sent"] == 1 and pending_count(r) == 0
+    (o,) = orders_in(r)
+    assert (o["account_id"], o["symbol"], o["side"], o["qty"]) == ("TV14", "600009.SH", "sell",
+                                                                   10000)
+    assert (o["reason"], o["purpose"], o["contract_id"]) == ("contract_expired",
+                                                             "sell_to_repay", "FX")
+
+
+async def test_a_stale_contract_plan_is_repriced_as_the_contract_s_plan(redis_fresh, r):
+    """Re-pricing a CONTRACT_EXPIRED takes the monitor's contract_plans[contract_id], not the
+    account's liquidation plan; a contract the monitor no longer holds open needs nothing."""
+    target = {"orders": [{"symbol": "600036.SH", "side": "sell", "qty": 100, "price": 5.5,
+                          "value": 550.0}], "ratio_after": 1.5, "residual": 0.0}
+    closing = {"orders": [{"symbol": "600036.SH", "side": "sell", "qty": 700, "price": 5.5,
+                           "value": 3850.0, "purpose": "sell_to_repay", "contract_id": "K1"}],
+               "ratio_after": 2.1, "tier_after": "NORMAL", "residual": 0.0}
+    stub = MonitorStub("monitor-token-0123456789", target,
+                       extra={"contract_plans": {"K1": closing}})
+    try:
+        old = time.time_ns() - 30 * 10**9
+        ev = fl_event("run-k1", "P1", priced_ns=old, kind="CONTRACT_EXPIRED")
+        ev.update(tier="NORMAL", contract_id="K1", term_end="2026-12-04")
+        gone = fl_event("run-k2", "P1", priced_ns=old, kind="CONTRACT_EXPIRED")
+        gone.update(tier="NORMAL", contract_id="K-SETTLED", term_end="2026-12-04")
+        publish(r, ev, gone)
+        cfg = cfg_for(redis_fresh.url, max_plan_age=5.0, repricer=stub.url,
+                      repricer_token="monitor-token-0123456789", concurrency=1, cooldown=0.0,
+                      confirm_plans=False)  # the stub knows no positions to confirm against
+        await run_worker(cfg)
+    finally:
+        stub.close()
+    (batch,) = CAPTURED
+    assert [(o["qty"], o["contract_id"], o["reason"]) for o in batch] == [
+        (700, "K1", "contract_expired")]
+    assert done(r, "run-k2")["outcome"] == "not_required"

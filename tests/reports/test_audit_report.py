@@ -205,3 +205,30 @@ def test_report_command_writes_json_and_self_contained_html(tmp_path, capsys):
     assert main(["report", "--audit-dir", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["report", "--audit-dir", str(d), "--account", "NOPE", "--out", str(out)]) == 2
     assert "unknown account" in capsys.readouterr().err
+
+
+def test_an_expired_contract_is_among_the_day_s_liquidations(tmp_path):
+    """CONTRACT_EXPIRED (TV14) is in the statement's liquidations, with its contract."""
+    from monitor.book.load import book_from_dict
+
+    doc = {"securities": [{"symbol": "600008.SH", "price": "30.00", "haircut": "0.6"},
+                          {"symbol": "600009.SH", "price": "10.00", "haircut": "0.6"}],
+           "accounts": [{"account_id": "TV14", "cash": "0", "positions": [
+               {"symbol": "600008.SH", "kind": "collateral", "qty": 5000},
+               {"symbol": "600009.SH", "kind": "financed", "qty": 10000,
+                "financed_cost": "100000", "fin_margin_ratio": "1.0", "contract_id": "FX",
+                "open_date": "2026-06-04", "term_end": "2026-12-04"}]}]}
+    eng = Engine(MarginState(book_from_dict(doc), live=True),
+                 EngineConfig(run_id="ct", clock="tape"))
+    audit = AuditLog(eng, tmp_path / "audit", sample_s=0.0)
+    publish(audit, eng.start(T0))
+    fri = 1_796_349_600_000_000_000  # 2026-12-04 10:00 China time
+    for t in (fri, fri + 71 * 3600 * S):  # to Monday 09:00
+        eng.add_ticks(np.array([1]), np.array([10_000]), np.array([t]))
+        publish(audit, eng.cycle(T0))
+    audit.close()
+    rep = Reporter(read_audit_dir(tmp_path / "audit"))
+    st = rep.statement(rep.book.account_index["TV14"])
+    (liq,) = st["liquidations"]
+    assert liq["kind"] == "CONTRACT_EXPIRED" and liq["contract_id"] == "FX"
+    assert liq["term_end"] == "2026-12-04" and liq["plan"]["orders"][0]["qty"] == 10000

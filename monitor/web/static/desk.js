@@ -246,7 +246,7 @@
     if (live) {
       S.newIds.add(e.event_id);
       if (e.tier === "FORCED_LIQUIDATION" && e.kind === "TIER_CHANGE" && RANK[e.previous_tier] !== 0) beep(880);
-      if (e.kind === "CALL_EXPIRED") beep(660);
+      if (e.kind === "CALL_EXPIRED" || e.kind === "CONTRACT_EXPIRED") beep(660);
     }
     if (S.rows.length > MAX_ROWS * 1.2) {
       S.rows.sort((a, b) => a.seq - b.seq || a.event_id.localeCompare(b.event_id));
@@ -296,8 +296,16 @@
     if (e.kind === "TIER_CHANGE") {
       return el("span", null, badge(e.previous_tier), el("span", { class: "arrow", text: "→" }), badge(e.tier));
     }
-    const label = { CALL_ISSUED: "CALL ISSUED", CALL_CURED: "CALL CURED", CALL_EXPIRED: "CALL EXPIRED" }[e.kind] || e.kind;
+    const label = { CALL_ISSUED: "CALL ISSUED", CALL_CURED: "CALL CURED", CALL_EXPIRED: "CALL EXPIRED",
+      CONTRACT_DUE: "CONTRACT DUE", CONTRACT_EXPIRED: "CONTRACT EXPIRED" }[e.kind] || e.kind;
     const kids = [el("span", { class: "kind", text: label })];
+    if (e.contract_id !== undefined) {  // CONTRACT_DUE / CONTRACT_EXPIRED: which contract, when
+      kids.push(el("span", { class: "contract", title: "contract (负债合约) and its term end",
+        text: ` ${e.contract_id} · term end ${e.term_end || "–"}` +
+          (e.kind === "CONTRACT_DUE" && e.trading_days_left !== null && e.trading_days_left !== undefined ? ` · ${e.trading_days_left} trading days left` : "") }));
+      if (e.kind === "CONTRACT_EXPIRED") kids.push(badge(e.tier));
+      return el("span", null, ...kids);
+    }
     if (e.call && e.kind === "CALL_ISSUED") kids.push(dueSpan(e.call.deadline_ns));
     if (e.call && e.kind !== "CALL_ISSUED") kids.push(badge(e.tier));
     return el("span", null, ...kids);
@@ -764,6 +772,22 @@
       el("td", { text: p.cost === null ? "–" : money0(p.cost) }),
       el("td", { class: p.pnl === null ? "" : p.pnl < 0 ? "worse" : "better", text: p.pnl === null ? "–" : money0(p.pnl) })))));
     body.push(el("div", { class: "sec" }, "Positions", el("span", { class: "muted", text: `${r.positions.length}` })), pt);
+    // contracts (负债合约), in repayment order
+    const cs = r.contracts || [];
+    const ct = el("table", { class: "grid-t", id: "d-contracts" }, el("thead", null, el("tr", null,
+      ...[["Contract", "l"], ["Symbol", "l"], ["Kind", "l"], ["Qty", ""], ["Owed", ""], ["Margin ratio", ""], ["Opened", "l"], ["Term end", "l"], ["Notice", "l"]]
+        .map(([h, c]) => el("th", { class: c, text: h })))));
+    const ctb = el("tbody", null, ...cs.map((c) => el("tr", { dataset: { contract: c.contract_id } },
+      el("td", { class: "l", text: c.contract_id }), el("td", { class: "l", text: c.symbol }),
+      el("td", { class: "l txt muted", text: c.kind }), el("td", { text: int(c.qty) }),
+      el("td", { text: money0(c.kind === "financed" ? c.principal : c.market_value) }),
+      el("td", { text: (c.margin_ratio * 100).toFixed(0) + "%" }),
+      el("td", { class: "l", text: c.open_date || "–" }), el("td", { class: "l", text: c.term_end || "none" }),
+      el("td", { class: "l" + (c.notice ? " worse" : ""), text: c.notice || "" }))));
+    if (!cs.length) ctb.append(el("tr", null, el("td", { class: "l muted", colspan: 9, text: "No open contracts." })));
+    ct.append(ctb);
+    body.push(el("div", { class: "sec" }, "Contracts", el("span", { class: "muted", text: `${cs.length} open, repayment order` })), ct);
+    // plan
     // plan: free cash first (the cash repayment), then the orders
     const cashRepay = r.plan.cash_repayment || 0;
     const planned = r.plan.orders.length || cashRepay > 0;

@@ -37,50 +37,35 @@ class Outcomes:
                       extra: Any = None) -> bool:
         """Record the outcome atomically with the XACK (and, for a transactional hook, the
         orders). False when the event turned out to be done already (nothing written)."""
-        from redis.exceptions import WatchError
-
-        r, c = self.ctx.client, self.ctx.cfg
+        c = self.ctx.cfg
         eid = job.event_id
-        done_key = self.ctx.keys.done(eid)
         ids = [o["order_id"] for o in orders]
         rec = {"outcome": outcome, "order_ids": ids, "consumer": self.ctx.consumer,
                "ts": time.time_ns(), "account_id": job.account_id, "reason": job.reason,
                **(detail or {})}
-        for _ in range(10):
-            async with r.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(done_key)
-                    # execute_command: redis-py's cluster pipeline does not await a watched
-                    # EXISTS (it splits it across slots); one key needs no split
-                    if await pipe.execute_command("EXISTS", done_key):
-                        await pipe.unwatch()
-                        await self.ack_done(job)
-                        self.ctx.stats["duplicates"] += 1
-                        return False
-                    pipe.multi()
-                    if hook is not None:
-                        hook.add_to(pipe, orders)
-                    if extra is not None:
-                        extra(pipe)
-                    pipe.set(done_key, orjson.dumps(rec), ex=self.ctx.done_ex)
-                    if outcome == "sent":
-                        pipe.delete(self.ctx.keys.attempt(eid))
-                    if outcome == "sent" and c.cooldown > 0:
-                        pipe.set(self.ctx.keys.cooldown(job.account_id), eid,
-                                 px=max(1, int(c.cooldown * 1000)))
-                    if job.source == "approved":
-                        pipe.hdel(self.ctx.keys.approvals, eid)
-                    pipe.xack(job.stream, self.ctx.group, job.entry_id)
-                    pipe.xadd(self.ctx.keys.audit, audit_entry(
-                        outcome, event_id=eid, account_id=job.account_id, reason=job.reason,
-                        order_ids=ids, consumer=self.ctx.consumer, source=job.source,
-                        **(detail or {})), maxlen=AUDIT_MAXLEN, approximate=True)
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
-        else:
-            raise RuntimeError(f"could not record the outcome of {eid} (contention)")
+
+        def write(pipe: Any) -> None:
+            if hook is not None:
+                hook.add_to(pipe, orders)
+            if extra is not None:
+                extra(pipe)
+            pipe.set(self.ctx.keys.done(eid), orjson.dumps(rec), ex=self.ctx.done_ex)
+            if outcome == "sent":
+                pipe.delete(self.ctx.keys.attempt(eid))
+            if outcome == "sent" and c.cooldown > 0:
+                pipe.set(self.ctx.keys.cooldown(job.account_id), eid,
+                         px=max(1, int(c.cooldown * 1000)))
+            if job.source == "approved":
+                pipe.hdel(self.ctx.keys.approvals, eid)
+            pipe.xack(job.stream, self.ctx.group, job.entry_id)
+            pipe.xadd(self.ctx.keys.audit, audit_entry(
+                outcome, event_id=eid, account_id=job.account_id, reason=job.reason,
+                order_ids=ids, consumer=self.ctx.consumer, source=job.source,
+                **(detail or {})), maxlen=AUDIT_MAXLEN, approximate=True)
+
+        if not await self._unless_done(job, write):
+            self.ctx.stats["duplicates"] += 1
+            return False
         self.ctx.stats[outcome] += 1
         if outcome == "sent":
             self.ctx.stats["orders"] += len(orders)
@@ -90,6 +75,31 @@ class Outcomes:
         else:
             log.info("liquidator: event %s (account %s): %s", eid, job.account_id, outcome)
         return True
+
+    async def _unless_done(self, job: Job, write: Any) -> bool:
+        """`write(pipe)` in one MULTI/EXEC that WATCHes the event's done marker, retried when
+        another worker touched it meanwhile. False, and the entry acknowledged, when the event
+        is done already (nothing written)."""
+        from redis.exceptions import WatchError
+
+        done_key = self.ctx.keys.done(job.event_id)
+        for _ in range(10):
+            async with self.ctx.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(done_key)
+                    # execute_command: redis-py's cluster pipeline does not await a watched
+                    # EXISTS (it splits it across slots); one key needs no split
+                    if await pipe.execute_command("EXISTS", done_key):
+                        await pipe.unwatch()
+                        await self.ack_done(job)
+                        return False
+                    pipe.multi()
+                    write(pipe)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        raise RuntimeError(f"could not record the outcome of {job.event_id} (contention)")
 
     async def ack_done(self, job: Job) -> None:
         pipe = self.ctx.client.pipeline(transaction=True)
@@ -119,9 +129,6 @@ class Outcomes:
                     frozen: bool = False) -> None:
         """Into the approvals list (or back into it, for an approved plan stopped by the kill
         switch), and XACK."""
-        from redis.exceptions import WatchError
-
-        r = self.ctx.client
         eid = job.event_id
         ev = job.event
         plan = (job.approval or {}).get("plan", ev.get("plan"))
@@ -134,31 +141,20 @@ class Outcomes:
         rec.setdefault("created_ns", time.time_ns())
         for k in ("decided_by", "decided_ns", "note"):
             rec.pop(k, None)
-        done_key = self.ctx.keys.done(eid)
-        for _ in range(10):
-            async with r.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(done_key)
-                    # execute_command: redis-py's cluster pipeline does not await a watched
-                    # EXISTS (it splits it across slots); one key needs no split
-                    if await pipe.execute_command("EXISTS", done_key):
-                        await pipe.unwatch()
-                        await self.ack_done(job)
-                        return
-                    pipe.multi()
-                    if job.source == "approved" or frozen:
-                        pipe.hset(self.ctx.keys.approvals, eid, orjson.dumps(rec))
-                    else:
-                        pipe.hsetnx(self.ctx.keys.approvals, eid, orjson.dumps(rec))
-                    pipe.xack(job.stream, self.ctx.group, job.entry_id)
-                    pipe.xadd(self.ctx.keys.audit, audit_entry(
-                        "held", event_id=eid, account_id=job.account_id, reason=job.reason,
-                        held=held, consumer=self.ctx.consumer), maxlen=AUDIT_MAXLEN,
-                        approximate=True)
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
+
+        def write(pipe: Any) -> None:
+            if job.source == "approved" or frozen:
+                pipe.hset(self.ctx.keys.approvals, eid, orjson.dumps(rec))
+            else:
+                pipe.hsetnx(self.ctx.keys.approvals, eid, orjson.dumps(rec))
+            pipe.xack(job.stream, self.ctx.group, job.entry_id)
+            pipe.xadd(self.ctx.keys.audit, audit_entry(
+                "held", event_id=eid, account_id=job.account_id, reason=job.reason,
+                held=held, consumer=self.ctx.consumer), maxlen=AUDIT_MAXLEN,
+                approximate=True)
+
+        if not await self._unless_done(job, write):
+            return
         self.ctx.stats[f"held_{held}"] += 1
         log.warning("liquidator: event %s (account %s, %d order(s)) waits in the approvals "
                     "list: %s", eid, job.account_id, len(orders), held)

@@ -109,6 +109,10 @@ class AuditLog:
             v.nbytes for v in snap.values() if isinstance(v, np.ndarray))
         seqs = [events[i].get("seq") for i, _ in picked]
         snap["seqs"] = (seqs[0], seqs[-1])
+        self._enqueue(cost, snap)
+
+    def _enqueue(self, cost: int, snap: dict) -> None:
+        """Queue a batch for the writer; past `audit_queue_bytes` the oldest go (counted)."""
         with self._cv:
             self._q.append((cost, snap))
             self.queued_bytes += cost
@@ -143,13 +147,8 @@ class AuditLog:
                 "hold_id", "ts")
         fill = {"kind": "FILL", **{k: ev[k] for k in keep if k in ev}, "ts_published": now_ns}
         self.records += 1
-        snap = {"fill": fill, "raw": [b""], "seqs": (None, None)}  # a drop counts one record
-        with self._cv:
-            self._q.append((RECORD_BYTES, snap))
-            self.queued_bytes += RECORD_BYTES
-            while self.queued_bytes > self.max_bytes and len(self._q) > 1:
-                self._drop_oldest()
-            self._cv.notify()
+        # a dropped fill counts as one record; it has no seq
+        self._enqueue(RECORD_BYTES, {"fill": fill, "raw": [b""], "seqs": (None, None)})
 
     def sample(self, now_ns: int | None = None) -> None:
         """Heartbeat: sample the whole book's ratios into the intraday minimum when due."""

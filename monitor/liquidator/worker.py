@@ -115,10 +115,6 @@ class Liquidator:
         return self.ctx.stats
 
     @property
-    def keys(self) -> Keys:
-        return self.ctx.keys
-
-    @property
     def group(self) -> str:
         return self.ctx.group
 
@@ -247,26 +243,6 @@ class Liquidator:
         finally:
             await self._finish()
         return 0
-
-    async def _finish(self, grace: float = 10.0) -> None:
-        tasks = list(self.intake.tasks.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for t in pending:  # left pending in the group: reclaimed by another worker
-                t.cancel()
-            for t in pending:
-                with contextlib.suppress(BaseException):
-                    await t
-        log.info("liquidator %s: stopped; %s", self.consumer,
-                 ", ".join(f"{k} {v}" for k, v in sorted(self.ctx.stats.items())) or "nothing done")
-        with contextlib.suppress(Exception):
-            await self.hook.aclose()
-        if self.repricer is not None:
-            with contextlib.suppress(Exception):
-                await self.repricer.aclose()
-        if self._own_client and self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
 
     async def _finish(self, grace: float = 10.0) -> None:
         tasks = list(self.intake.tasks.values())
